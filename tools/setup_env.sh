@@ -1,0 +1,106 @@
+#!/usr/bin/env bash
+# Creates (or refreshes) the project's isolated environment in .venv and installs everything the
+# package, its tools and its tests need. Idempotent: a second run with nothing changed only checks
+# a stamp and a few imports, and never rebuilds mmcv.
+#
+#   bash tools/setup_env.sh            # CPU machine: torch 2.13.0 from the local/registry wheel
+#   PYTHON=/path/to/python bash tools/setup_env.sh
+#
+# Environment knobs:
+#   PYTHON        interpreter used to create the environment (default: python3)
+#   CFM_VENV      where the environment lives (default: <repo>/.venv)
+#   CFM_CACHE     where the built mmcv wheel is kept between environments
+#                 (default: ~/.cache/crossformer_mm)
+#   CFM_TORCH     torch requirement on machines without a CUDA torch (default: torch==2.13.0)
+# If the interpreter already has a CUDA build of torch, the environment is created with
+# --system-site-packages and that torch is kept; mmcv is then built with its CUDA ops.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+VENV=${CFM_VENV:-$ROOT/.venv}
+PY=${PYTHON:-python3}
+CACHE=${CFM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crossformer_mm}
+TORCH_REQ=${CFM_TORCH:-torch==2.13.0}
+MMCV_VERSION=2.1.0
+START=$(date +%s)
+
+log() { echo "[setup $(( $(date +%s) - START ))s] $*"; }
+
+# Everything whose change means the environment must be refreshed.
+stamp_of() {
+  (
+    cd "$ROOT"
+    cat tools/setup_env.sh setup.py requirements/*.txt 2>/dev/null
+    find crossformer_mm -path '*/csrc/*' -type f 2>/dev/null | LC_ALL=C sort | xargs -r cat
+  ) | sha256sum | cut -d' ' -f1
+}
+STAMP=$(stamp_of)
+STAMP_FILE=$VENV/.crossformer_mm-stamp
+
+check_env() {
+  "$VENV/bin/python" - <<'PY' >/dev/null 2>&1
+import mmcv, mmcv.ops, mmdet, mmseg, mmengine, mmpretrain.registry  # noqa: F401
+import crossformer_mm  # noqa: F401
+assert mmcv.__version__ == '2.1.0'
+PY
+}
+
+if [ -f "$STAMP_FILE" ] && [ "$(cat "$STAMP_FILE")" = "$STAMP" ] && check_env; then
+  log "environment $VENV is up to date"
+  exit 0
+fi
+
+# 1. The virtual environment, keeping an existing CUDA torch if the interpreter has one.
+if [ ! -x "$VENV/bin/python" ]; then
+  if "$PY" -c "import torch, sys; sys.exit(0 if torch.version.cuda else 1)" >/dev/null 2>&1; then
+    log "found a CUDA build of torch in $PY: creating $VENV with --system-site-packages to keep it"
+    "$PY" -m venv --system-site-packages "$VENV"
+  else
+    log "creating $VENV"
+    "$PY" -m venv "$VENV"
+  fi
+fi
+VPY="$VENV/bin/python"
+PIP=("$VPY" -m pip install --disable-pip-version-check)
+
+# 2. Build tools, then torch (an installed torch is kept as it is).
+log "installing build tools"
+"${PIP[@]}" -q -r "$ROOT/requirements/build.txt"
+if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
+  log "installing $TORCH_REQ"
+  "${PIP[@]}" -q "$TORCH_REQ"
+fi
+TORCH_TAG=$("$VPY" -c "import torch; print(torch.__version__.replace('+', '_'))")
+WITH_CUDA=$("$VPY" -c "import torch; print(int(bool(torch.version.cuda) and torch.cuda.is_available()))")
+log "torch $TORCH_TAG (CUDA ops: $WITH_CUDA)"
+
+# 3. mmcv with its compiled ops. The wheel is cached per torch build, so a new environment on the
+#    same machine installs it in seconds; only a machine's first run compiles it (~11 min, 2 cores).
+if ! "$VPY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" >/dev/null 2>&1; then
+  WHEEL_DIR="$CACHE/wheels/torch-$TORCH_TAG-cuda$WITH_CUDA"
+  mkdir -p "$WHEEL_DIR"
+  if ! ls "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
+    log "building mmcv $MMCV_VERSION with ops (this takes ~11 minutes on 2 cores; done once per machine)"
+    export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+    if [ "$WITH_CUDA" = 1 ]; then export FORCE_CUDA=1; fi
+    "$VPY" -m pip wheel --no-deps --no-build-isolation --no-binary mmcv \
+      -w "$WHEEL_DIR" "mmcv==$MMCV_VERSION"
+  fi
+  log "installing mmcv from $WHEEL_DIR"
+  "${PIP[@]}" -q --no-deps "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl
+fi
+
+# 4. The rest of the stack, the test tools, and the package itself (editable, with its native op).
+log "installing the OpenMMLab stack and test requirements"
+"${PIP[@]}" -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/mminstall.txt" \
+  -r "$ROOT/requirements/tests.txt"
+log "installing crossformer_mm (editable, builds the native op)"
+"${PIP[@]}" -q --no-build-isolation --no-deps -e "$ROOT"
+
+if ! check_env; then
+  echo "[setup] the environment was installed but importing the stack failed:" >&2
+  "$VENV/bin/python" -c "import mmcv.ops, mmdet, mmseg, mmpretrain.registry, crossformer_mm" >&2 || true
+  exit 1
+fi
+echo "$STAMP" > "$STAMP_FILE"
+log "done: $VENV"
