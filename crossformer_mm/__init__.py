@@ -1,4 +1,11 @@
-"""crossformer_mm: CrossFormer, Swin and ViT backbones, an MSDA op and DETR detectors for OpenMMLab."""
-from .version import __version__
+"""crossformer_mm: CrossFormer, Swin and ViT backbones, a multi-scale deformable attention op and
+DETR-family detectors for OpenMMLab 2.x (MMDetection 3.x, MMSegmentation 1.x, MMPretrain 1.x).
+
+Importing the package (or naming it in a config's ``custom_imports``) applies the compatibility
+layer for the current torch/numpy stack and registers every module into the MM registries.
+"""
+from .version import __version__  # noqa: I001
+from . import compat  # noqa: F401  (first: patches the stack before anything is built)
+from . import datasets, models, ops  # noqa: F401
 
 __all__ = ['__version__']

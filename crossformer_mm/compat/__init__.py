@@ -1,0 +1,1 @@
+"""Compatibility layer for the current torch / numpy stack (applied on import)."""

@@ -1,0 +1,2 @@
+"""Models: shared layers, backbones, detectors and heads."""
+from . import backbones, detectors, layers  # noqa: F401

@@ -1,0 +1,1 @@
+"""Backbones. Each family lives in one file; importing it registers the class."""

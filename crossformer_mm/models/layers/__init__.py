@@ -1,0 +1,1 @@
+"""Pieces shared by every backbone: attention, position biases, embeddings, partitions."""
