@@ -1,1 +1,33 @@
-"""Pieces shared by every backbone: attention, position biases, embeddings, partitions."""
+"""Pieces shared by every backbone: attention, position biases, embeddings, partitions.
+
+Stable API (used by CrossFormer, Swin and ViT):
+
+* :class:`Attention` — ``qkv``/``proj`` multi-head attention over token groups with a ``fused``
+  switch (SDPA with bias and masks folded into ``attn_mask``, or explicit softmax); takes an
+  additive ``attn_bias`` ``(heads, N, N)`` / ``(n, heads, N, N)``, a per-group ``attn_mask``
+  ``(n, N, N)`` and a ``key_padding_mask`` ``(n, N)``; :func:`build_attn_mask` folds them.
+* :class:`DynamicPosBias` (CrossFormer DPB), :class:`RelativePositionBias` (Swin table),
+  :func:`relative_position_index`, :func:`relative_offsets` (cached per group size).
+* :class:`CrossScaleEmbed` (multi- or single-kernel patch embedding, pads to the stride),
+  :class:`CrossScalePatchMerging` (norm + strided convs), :func:`split_channels`.
+* :func:`pad_to_multiple`, :func:`group_partition` / :func:`group_reverse` (windows, CrossFormer
+  SDA and both LDA groupings), :func:`window_partition` / :func:`window_reverse`,
+  :func:`padding_mask_groups`.
+* :class:`Mlp`, :class:`DropPath`, :func:`drop_path`, :func:`to_2tuple`.
+"""
+from .attention import Attention, build_attn_mask, mask_value
+from .drop import DropPath, drop_path
+from .embed import CrossScaleEmbed, CrossScalePatchMerging, split_channels
+from .mlp import Mlp
+from .partition import (group_partition, group_reverse, pad_amount, pad_to_multiple,
+                        padding_mask_groups, to_2tuple, window_partition, window_reverse)
+from .pos_bias import (DynamicPosBias, RelativePositionBias, relative_offsets,
+                       relative_position_index)
+
+__all__ = [
+    'Attention', 'build_attn_mask', 'mask_value', 'DropPath', 'drop_path', 'CrossScaleEmbed',
+    'CrossScalePatchMerging', 'split_channels', 'Mlp', 'group_partition', 'group_reverse',
+    'pad_amount', 'pad_to_multiple', 'padding_mask_groups', 'to_2tuple', 'window_partition',
+    'window_reverse', 'DynamicPosBias', 'RelativePositionBias', 'relative_offsets',
+    'relative_position_index'
+]
