@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Distributed testing with torchrun.
+#   bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [test.py args...]
+set -euo pipefail
+CONFIG=$1
+CHECKPOINT=$2
+NPROCS=$3
+NNODES=${NNODES:-1}
+NODE_RANK=${NODE_RANK:-0}
+PORT=${PORT:-29500}
+MASTER_ADDR=${MASTER_ADDR:-127.0.0.1}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON=$ROOT/.venv/bin/python; else PYTHON=python; fi
+fi
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+PYTHONPATH="$ROOT:${PYTHONPATH:-}" exec "$PYTHON" -m torch.distributed.run \
+  --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
+  --nproc_per_node="$NPROCS" --master_port="$PORT" \
+  "$ROOT/tools/test.py" "$CONFIG" "$CHECKPOINT" --launcher pytorch "${@:4}"
