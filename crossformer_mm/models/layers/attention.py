@@ -11,7 +11,7 @@ masks given per group (leading dimension ``n``) are applied to group ``g`` of ev
 being repeated over the batch: q, k, v are viewed as ``(B, n·heads, N, d)`` and the mask as
 ``(1, n·heads, N, N)``.
 """
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -106,7 +106,8 @@ class Attention(nn.Module):
 
     def forward(self, x: Tensor, attn_bias: Optional[Tensor] = None,
                 attn_mask: Optional[Tensor] = None,
-                key_padding_mask: Optional[Tensor] = None) -> Tensor:
+                key_padding_mask: Optional[Tensor] = None,
+                bias_from_q: Optional[Callable[[Tensor], Tensor]] = None) -> Tensor:
         """Attend within each group.
 
         Args:
@@ -115,6 +116,9 @@ class Attention(nn.Module):
                 ``(n, heads, N, N)`` per group.
             attn_mask: Per-group ``(n, N, N)`` mask, bool (True = blocked) or additive float.
             key_padding_mask: Bool ``(n, N)``, True at padded keys.
+            bias_from_q: Optional callable mapping the queries ``(B_, heads, N, d)`` (before
+                scaling) to an additive bias ``(B_, heads, N, N)`` that depends on the sample,
+                e.g. ViTDet's decomposed relative position; added to the folded mask.
 
         Returns:
             ``(B_, N, C)``.
@@ -130,6 +134,12 @@ class Attention(nn.Module):
                              f'bias/mask describe')
         qkv = self.qkv(x).reshape(b_, n_tok, 3, self.num_heads, self.head_dim)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # 3, B_, heads, N, d
+        if bias_from_q is not None:
+            q_bias = bias_from_q(qkv[0]).to(x.dtype)  # B_, heads, N, N
+            if mask is not None:
+                q_bias = (q_bias.reshape(b_ // n, n, self.num_heads, n_tok, n_tok)
+                          + mask.unsqueeze(0)).view(b_, self.num_heads, n_tok, n_tok)
+            mask, n = q_bias, 1  # one mask per sample, in the (B_, heads) layout
         if n > 1:
             # (B, n·heads, N, d) so that a per-group mask broadcasts over the batch.
             qkv = qkv.reshape(3, b_ // n, n * self.num_heads, n_tok, self.head_dim)
