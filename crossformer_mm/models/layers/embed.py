@@ -55,7 +55,7 @@ class _MultiKernelConv(nn.Module):
             for k, c in zip(self.kernel_sizes, self.split))
 
     @staticmethod
-    def _apply(convs: nn.ModuleList, x: Tensor) -> Tensor:
+    def _run_convs(convs: nn.ModuleList, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` padded map → channels-last ``(B, H/s, W/s, out)``."""
         return torch.cat([conv(x) for conv in convs], dim=1).permute(0, 2, 3, 1)
 
@@ -90,7 +90,7 @@ class CrossScaleEmbed(_MultiKernelConv):
             raise ValueError(f'in_channels={self.in_channels} but the input has {x.shape[1]} '
                              f'channels (shape {tuple(x.shape)})')
         x, _ = pad_to_multiple(x, self.stride, channels_last=False)
-        x = self._apply(self.projs, x)
+        x = self._run_convs(self.projs, x)
         return self.norm(x) if self.norm is not None else x
 
 
@@ -122,7 +122,7 @@ class CrossScalePatchMerging(_MultiKernelConv):
         if self.norm is not None:
             x = self.norm(x)
         x, _ = pad_to_multiple(x, self.stride, channels_last=True)
-        return self._apply(self.reductions, x.permute(0, 3, 1, 2))
+        return self._run_convs(self.reductions, x.permute(0, 3, 1, 2))
 
 
 __all__ = ['CrossScaleEmbed', 'CrossScalePatchMerging', 'split_channels']
