@@ -1,0 +1,397 @@
+// Multi-scale deformable attention (Deformable DETR, Zhu et al., ICLR 2021): CPU kernels.
+//
+// Semantics follow mmcv's ms_deform_attn (bilinear sampling, zero padding, align_corners=False:
+// pixel = loc * size - 0.5). Layouts (all contiguous, checked by the caller and again here):
+//   value              (B, S, NH, D)            S = sum_l H_l * W_l
+//   spatial_shapes     (L, 2) int64             (H, W) per level
+//   level_start_index  (L,)   int64
+//   sampling_locations (B, Q, NH, L, P, 2)      (x, y) normalised, opmath dtype
+//   attention_weights  (B, Q, NH, L, P)         opmath dtype
+//   output             (B, Q, NH * D)
+// opmath is float for float/half/bfloat16 value and double for double value.
+//
+// Forward: parallel over B*Q (one output row per task). Backward: parallel over B*NH; each task
+// owns the disjoint slice grad_value[b, :, h, :] and walks the queries in order, so no atomics
+// are needed and the result is bit-identical from run to run (and for any thread count).
+// Channel loops are contiguous and written for the compiler's vectoriser; the hot loops are
+// compiled for x86-64-v3 (AVX2+FMA) as well as the baseline ISA and picked at load time
+// (target_clones on the per-range workers, into which the channel loops inline).
+#include "msda_cpu.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Dispatch.h>
+#include <c10/util/irange.h>
+
+#include <cmath>
+#include <vector>
+
+namespace crossformer_mm {
+namespace {
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(MSDA_NO_CLONES)
+#define MSDA_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define MSDA_CLONES
+#endif
+
+// Bilinear footprint of one sampling point: up to four corners with their bilinear weights.
+template <typename acc_t>
+struct Corners {
+  int64_t idx[4];    // row index of each corner inside the level (y * W + x)
+  acc_t w[4];        // bilinear weight of each corner (0 for a corner outside the map)
+  bool valid[4];
+  acc_t fx, fy;      // fractional parts
+};
+
+// Returns false when the point lies wholly outside the map (no corner contributes).
+template <typename acc_t>
+inline bool locate(acc_t lx, acc_t ly, int64_t H, int64_t W, Corners<acc_t>& c) {
+  const acc_t x = lx * static_cast<acc_t>(W) - acc_t(0.5);
+  const acc_t y = ly * static_cast<acc_t>(H) - acc_t(0.5);
+  // NaN fails every comparison and is treated as outside.
+  if (!(x > acc_t(-1) && y > acc_t(-1) && x < static_cast<acc_t>(W) &&
+        y < static_cast<acc_t>(H))) {
+    return false;
+  }
+  const acc_t xf = std::floor(x), yf = std::floor(y);
+  const int64_t x0 = static_cast<int64_t>(xf), y0 = static_cast<int64_t>(yf);
+  const acc_t fx = x - xf, fy = y - yf;
+  c.fx = fx;
+  c.fy = fy;
+  const bool vx0 = x0 >= 0, vx1 = x0 + 1 < W, vy0 = y0 >= 0, vy1 = y0 + 1 < H;
+  c.valid[0] = vy0 && vx0;
+  c.valid[1] = vy0 && vx1;
+  c.valid[2] = vy1 && vx0;
+  c.valid[3] = vy1 && vx1;
+  c.idx[0] = y0 * W + x0;
+  c.idx[1] = y0 * W + x0 + 1;
+  c.idx[2] = (y0 + 1) * W + x0;
+  c.idx[3] = (y0 + 1) * W + x0 + 1;
+  c.w[0] = (1 - fy) * (1 - fx);
+  c.w[1] = (1 - fy) * fx;
+  c.w[2] = fy * (1 - fx);
+  c.w[3] = fy * fx;
+  return true;
+}
+
+// acc[c] += a0*v0[c] + a1*v1[c] + a2*v2[c] + a3*v3[c]
+template <int DC, typename scalar_t, typename acc_t>
+inline void axpy4(acc_t* __restrict acc, const scalar_t* __restrict v0,
+                       const scalar_t* __restrict v1, const scalar_t* __restrict v2,
+                       const scalar_t* __restrict v3, acc_t a0, acc_t a1, acc_t a2, acc_t a3,
+                       int64_t D) {
+#pragma omp simd
+  for (int64_t c = 0; c < (DC > 0 ? DC : D); ++c) {
+    acc[c] += a0 * static_cast<acc_t>(v0[c]) + a1 * static_cast<acc_t>(v1[c]) +
+              a2 * static_cast<acc_t>(v2[c]) + a3 * static_cast<acc_t>(v3[c]);
+  }
+}
+
+template <int DC, typename scalar_t, typename acc_t>
+inline void axpy1(acc_t* __restrict acc, const scalar_t* __restrict v, acc_t a, int64_t D) {
+#pragma omp simd
+  for (int64_t c = 0; c < (DC > 0 ? DC : D); ++c) acc[c] += a * static_cast<acc_t>(v[c]);
+}
+
+// Backward of one interior sample: dots d_k = <g, v_k>, grad_value rows gv_k += a_k * g.
+template <int DC, typename scalar_t, typename acc_t>
+inline void backward4(const acc_t* __restrict g, const scalar_t* __restrict v0,
+                           const scalar_t* __restrict v1, const scalar_t* __restrict v2,
+                           const scalar_t* __restrict v3, acc_t* __restrict gv0,
+                           acc_t* __restrict gv1, acc_t* __restrict gv2, acc_t* __restrict gv3,
+                           acc_t a0, acc_t a1, acc_t a2, acc_t a3, int64_t D, acc_t* dots) {
+  acc_t d0 = 0, d1 = 0, d2 = 0, d3 = 0;
+#pragma omp simd reduction(+ : d0, d1, d2, d3)
+  for (int64_t c = 0; c < (DC > 0 ? DC : D); ++c) {
+    const acc_t gc = g[c];
+    d0 += gc * static_cast<acc_t>(v0[c]);
+    d1 += gc * static_cast<acc_t>(v1[c]);
+    d2 += gc * static_cast<acc_t>(v2[c]);
+    d3 += gc * static_cast<acc_t>(v3[c]);
+  }
+  // Corners are distinct rows, so the four updates never alias.
+#pragma omp simd
+  for (int64_t c = 0; c < (DC > 0 ? DC : D); ++c) {
+    const acc_t gc = g[c];
+    gv0[c] += a0 * gc;
+    gv1[c] += a1 * gc;
+    gv2[c] += a2 * gc;
+    gv3[c] += a3 * gc;
+  }
+  dots[0] = d0;
+  dots[1] = d1;
+  dots[2] = d2;
+  dots[3] = d3;
+}
+
+template <int DC, typename scalar_t, typename acc_t>
+inline acc_t backward1(const acc_t* __restrict g, const scalar_t* __restrict v,
+                            acc_t* __restrict gv, acc_t a, int64_t D) {
+  acc_t d = 0;
+#pragma omp simd reduction(+ : d)
+  for (int64_t c = 0; c < (DC > 0 ? DC : D); ++c) {
+    d += g[c] * static_cast<acc_t>(v[c]);
+    gv[c] += a * g[c];
+  }
+  return d;
+}
+
+struct Dims {
+  int64_t B, S, NH, D, Q, L, P;
+};
+
+Dims read_dims(const at::Tensor& value, const at::Tensor& loc) {
+  return Dims{value.size(0), value.size(1), value.size(2), value.size(3),
+              loc.size(1),   loc.size(3),   loc.size(4)};
+}
+
+// Raw pointers of one call. grad_* are null in the forward.
+template <typename scalar_t, typename acc_t>
+struct Args {
+  Dims d;
+  const scalar_t* value;
+  const int64_t* shapes;
+  const int64_t* starts;
+  const acc_t* loc;
+  const acc_t* attn;
+  scalar_t* out;
+  const scalar_t* grad_out;
+  acc_t* grad_value;  // opmath accumulation buffer, zero-filled
+  acc_t* grad_loc;
+  acc_t* grad_attn;
+};
+
+// Output rows bq in [begin, end) (bq = b * Q + q), all heads.
+template <int DC, typename scalar_t, typename acc_t>
+MSDA_CLONES void forward_range(const Args<scalar_t, acc_t>& a, int64_t begin, int64_t end,
+                               acc_t* acc) {
+  const Dims& d = a.d;
+  const int64_t row = d.NH * d.D;  // stride between consecutive keys in value
+  const int64_t LP = d.L * d.P;
+  for (int64_t bq = begin; bq < end; ++bq) {
+    const int64_t b = bq / d.Q;
+    for (int64_t h = 0; h < d.NH; ++h) {
+      for (int64_t ch = 0; ch < d.D; ++ch) acc[ch] = 0;
+      const acc_t* lp = a.loc + (bq * d.NH + h) * LP * 2;
+      const acc_t* ap = a.attn + (bq * d.NH + h) * LP;
+      for (int64_t l = 0; l < d.L; ++l) {
+        const int64_t H = a.shapes[2 * l], W = a.shapes[2 * l + 1];
+        const scalar_t* vbase = a.value + (b * d.S + a.starts[l]) * row + h * d.D;
+        for (int64_t p = 0; p < d.P; ++p) {
+          const int64_t k = l * d.P + p;
+          Corners<acc_t> c;
+          if (!locate(lp[2 * k], lp[2 * k + 1], H, W, c)) continue;
+          const acc_t w = ap[k];
+          if (c.valid[0] && c.valid[1] && c.valid[2] && c.valid[3]) {
+            axpy4<DC>(acc, vbase + c.idx[0] * row, vbase + c.idx[1] * row, vbase + c.idx[2] * row,
+                  vbase + c.idx[3] * row, w * c.w[0], w * c.w[1], w * c.w[2], w * c.w[3], d.D);
+          } else {
+            for (int j = 0; j < 4; ++j) {
+              if (c.valid[j]) axpy1<DC>(acc, vbase + c.idx[j] * row, w * c.w[j], d.D);
+            }
+          }
+        }
+      }
+      scalar_t* o = a.out + bq * row + h * d.D;
+      for (int64_t ch = 0; ch < d.D; ++ch) o[ch] = static_cast<scalar_t>(acc[ch]);
+    }
+  }
+}
+
+// (batch, head) slices bh in [begin, end): all queries of each, in order.
+template <int DC, typename scalar_t, typename acc_t>
+MSDA_CLONES void backward_range(const Args<scalar_t, acc_t>& a, int64_t begin, int64_t end,
+                                acc_t* g) {
+  const Dims& d = a.d;
+  const int64_t row = d.NH * d.D;
+  const int64_t LP = d.L * d.P;
+  for (int64_t bh = begin; bh < end; ++bh) {
+    const int64_t b = bh / d.NH, h = bh % d.NH;
+    for (int64_t q = 0; q < d.Q; ++q) {
+      const int64_t bqh = (b * d.Q + q) * d.NH + h;
+      const scalar_t* go = a.grad_out + bqh * d.D;
+      for (int64_t ch = 0; ch < d.D; ++ch) g[ch] = static_cast<acc_t>(go[ch]);
+      const acc_t* lp = a.loc + bqh * LP * 2;
+      const acc_t* ap = a.attn + bqh * LP;
+      acc_t* glp = a.grad_loc + bqh * LP * 2;
+      acc_t* gap = a.grad_attn + bqh * LP;
+      for (int64_t l = 0; l < d.L; ++l) {
+        const int64_t H = a.shapes[2 * l], W = a.shapes[2 * l + 1];
+        const int64_t off = (b * d.S + a.starts[l]) * row + h * d.D;
+        const scalar_t* vbase = a.value + off;
+        acc_t* gvbase = a.grad_value + off;
+        for (int64_t p = 0; p < d.P; ++p) {
+          const int64_t k = l * d.P + p;
+          Corners<acc_t> c;
+          if (!locate(lp[2 * k], lp[2 * k + 1], H, W, c)) {
+            gap[k] = 0;
+            glp[2 * k] = 0;
+            glp[2 * k + 1] = 0;
+            continue;
+          }
+          const acc_t w = ap[k];
+          acc_t dots[4] = {0, 0, 0, 0};
+          if (c.valid[0] && c.valid[1] && c.valid[2] && c.valid[3]) {
+            backward4<DC>(g, vbase + c.idx[0] * row, vbase + c.idx[1] * row, vbase + c.idx[2] * row,
+                      vbase + c.idx[3] * row, gvbase + c.idx[0] * row, gvbase + c.idx[1] * row,
+                      gvbase + c.idx[2] * row, gvbase + c.idx[3] * row, w * c.w[0], w * c.w[1],
+                      w * c.w[2], w * c.w[3], d.D, dots);
+          } else {
+            for (int j = 0; j < 4; ++j) {
+              if (c.valid[j]) {
+                dots[j] = backward1<DC>(g, vbase + c.idx[j] * row, gvbase + c.idx[j] * row,
+                                    w * c.w[j], d.D);
+              }
+            }
+          }
+          gap[k] = c.w[0] * dots[0] + c.w[1] * dots[1] + c.w[2] * dots[2] + c.w[3] * dots[3];
+          const acc_t gx = (1 - c.fy) * (dots[1] - dots[0]) + c.fy * (dots[3] - dots[2]);
+          const acc_t gy = (1 - c.fx) * (dots[2] - dots[0]) + c.fx * (dots[3] - dots[1]);
+          glp[2 * k] = w * gx * static_cast<acc_t>(W);
+          glp[2 * k + 1] = w * gy * static_cast<acc_t>(H);
+        }
+      }
+    }
+  }
+}
+
+template <typename scalar_t>
+void forward_impl(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                  const at::Tensor& loc, const at::Tensor& attn, at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  Args<scalar_t, acc_t> a{read_dims(value, loc),
+                          value.data_ptr<scalar_t>(),
+                          shapes.data_ptr<int64_t>(),
+                          starts.data_ptr<int64_t>(),
+                          loc.data_ptr<acc_t>(),
+                          attn.data_ptr<acc_t>(),
+                          out.data_ptr<scalar_t>(),
+                          nullptr,
+                          nullptr,
+                          nullptr,
+                          nullptr};
+  const Dims& d = a.d;
+  // About 10 * L * P * NH * D flops per query: aim for tasks of ~64k flops at least.
+  const int64_t grain =
+      std::max<int64_t>(1, 65536 / std::max<int64_t>(1, 10 * d.L * d.P * d.NH * d.D));
+  at::parallel_for(0, d.B * d.Q, grain, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> acc(d.D);
+    // Common head widths get fully unrolled channel loops.
+    switch (d.D) {
+      case 32: forward_range<32>(a, begin, end, acc.data()); break;
+      case 64: forward_range<64>(a, begin, end, acc.data()); break;
+      default: forward_range<0>(a, begin, end, acc.data());
+    }
+  });
+}
+
+template <typename scalar_t>
+void backward_impl(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                   const at::Tensor& loc, const at::Tensor& attn, const at::Tensor& grad_out,
+                   at::Tensor& grad_value, at::Tensor& grad_loc, at::Tensor& grad_attn) {
+  using acc_t = at::opmath_type<scalar_t>;
+  Args<scalar_t, acc_t> a{read_dims(value, loc),
+                          value.data_ptr<scalar_t>(),
+                          shapes.data_ptr<int64_t>(),
+                          starts.data_ptr<int64_t>(),
+                          loc.data_ptr<acc_t>(),
+                          attn.data_ptr<acc_t>(),
+                          nullptr,
+                          grad_out.data_ptr<scalar_t>(),
+                          grad_value.data_ptr<acc_t>(),
+                          grad_loc.data_ptr<acc_t>(),
+                          grad_attn.data_ptr<acc_t>()};
+  // One task per (batch, head): tasks write disjoint slices of grad_value, grad_loc, grad_attn.
+  at::parallel_for(0, a.d.B * a.d.NH, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> g(a.d.D);
+    switch (a.d.D) {
+      case 32: backward_range<32>(a, begin, end, g.data()); break;
+      case 64: backward_range<64>(a, begin, end, g.data()); break;
+      default: backward_range<0>(a, begin, end, g.data());
+    }
+  });
+}
+
+void check_common(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
+                  const at::Tensor& loc, const at::Tensor& attn) {
+  TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn CPU kernel: value must be on the CPU");
+  TORCH_CHECK(value.dim() == 4 && value.is_contiguous(), "value must be a contiguous 4-d tensor");
+  TORCH_CHECK(shapes.dim() == 2 && shapes.size(1) == 2 && shapes.scalar_type() == at::kLong &&
+                  shapes.is_contiguous(),
+              "spatial_shapes must be a contiguous (L, 2) int64 tensor");
+  const int64_t L = shapes.size(0);
+  TORCH_CHECK(starts.dim() == 1 && starts.size(0) == L && starts.scalar_type() == at::kLong &&
+                  starts.is_contiguous(),
+              "level_start_index must be a contiguous (L,) int64 tensor");
+  const auto opmath = at::toOpMathType(value.scalar_type());
+  TORCH_CHECK(loc.dim() == 6 && loc.is_contiguous() && loc.scalar_type() == opmath &&
+                  loc.size(0) == value.size(0) && loc.size(2) == value.size(2) &&
+                  loc.size(3) == L && loc.size(5) == 2,
+              "sampling_locations must be a contiguous (B, Q, NH, L, P, 2) tensor of the "
+              "value's opmath dtype");
+  TORCH_CHECK(attn.dim() == 5 && attn.is_contiguous() && attn.scalar_type() == opmath &&
+                  attn.size(0) == loc.size(0) && attn.size(1) == loc.size(1) &&
+                  attn.size(2) == loc.size(2) && attn.size(3) == L && attn.size(4) == loc.size(4),
+              "attention_weights must be a contiguous (B, Q, NH, L, P) tensor matching "
+              "sampling_locations");
+  // Every level must lie inside value: guards the kernels against out-of-bounds reads.
+  const int64_t* shp = shapes.data_ptr<int64_t>();
+  const int64_t* st = starts.data_ptr<int64_t>();
+  for (int64_t l = 0; l < L; ++l) {
+    TORCH_CHECK(shp[2 * l] > 0 && shp[2 * l + 1] > 0 && st[l] >= 0 &&
+                    st[l] + shp[2 * l] * shp[2 * l + 1] <= value.size(1),
+                "level ", l, " of spatial_shapes/level_start_index lies outside value");
+  }
+}
+
+}  // namespace
+
+at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                      const at::Tensor& level_start_index,
+                                      const at::Tensor& sampling_locations,
+                                      const at::Tensor& attention_weights) {
+  check_common(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  auto out = at::empty({value.size(0), sampling_locations.size(1), value.size(2) * value.size(3)},
+                       value.options());
+  if (out.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(),
+                                  "ms_deform_attn_forward_cpu", [&] {
+                                    forward_impl<scalar_t>(value, spatial_shapes,
+                                                           level_start_index, sampling_locations,
+                                                           attention_weights, out);
+                                  });
+  return out;
+}
+
+std::vector<at::Tensor> ms_deform_attn_backward_cpu(const at::Tensor& value,
+                                                    const at::Tensor& spatial_shapes,
+                                                    const at::Tensor& level_start_index,
+                                                    const at::Tensor& sampling_locations,
+                                                    const at::Tensor& attention_weights,
+                                                    const at::Tensor& grad_output) {
+  check_common(value, spatial_shapes, level_start_index, sampling_locations, attention_weights);
+  TORCH_CHECK(grad_output.is_contiguous() && grad_output.scalar_type() == value.scalar_type() &&
+                  grad_output.dim() == 3 && grad_output.size(0) == value.size(0) &&
+                  grad_output.size(1) == sampling_locations.size(1) &&
+                  grad_output.size(2) == value.size(2) * value.size(3),
+              "grad_output must be a contiguous (B, Q, NH * D) tensor of the value's dtype");
+  auto grad_value = at::zeros(value.sizes(), sampling_locations.options());
+  auto grad_loc = at::zeros_like(sampling_locations);
+  auto grad_attn = at::zeros_like(attention_weights);
+  if (grad_output.numel() > 0) {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(),
+                                    "ms_deform_attn_backward_cpu", [&] {
+                                      backward_impl<scalar_t>(
+                                          value, spatial_shapes, level_start_index,
+                                          sampling_locations, attention_weights, grad_output,
+                                          grad_value, grad_loc, grad_attn);
+                                    });
+  }
+  if (grad_value.scalar_type() != value.scalar_type()) {
+    grad_value = grad_value.to(value.scalar_type());
+  }
+  return {grad_value, grad_loc, grad_attn};
+}
+
+}  // namespace crossformer_mm

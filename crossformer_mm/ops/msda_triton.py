@@ -1,0 +1,229 @@
+"""Triton kernels of multi-scale deformable attention (see :mod:`.msda` for the semantics).
+
+Forward: one program per (block of queries, batch*head, block of channels) accumulates the
+``num_levels * num_points`` bilinear samples of a ``(BLOCK_Q, BLOCK_D)`` output tile in float32
+(float64 for float64 values). Backward: one program per (block of queries, batch*head) walks the
+channels in ``BLOCK_D`` chunks, reduces the corner dot products for the gradients of the sampling
+locations and attention weights, and scatters into a float32 ``grad_value`` buffer with atomics
+(so the GPU backward is not bit-deterministic, unlike the CPU kernel).
+
+The kernels run on CUDA tensors, and on CPU tensors under Triton's interpreter
+(``TRITON_INTERPRET=1`` set before triton is imported), which is how they are tested without a GPU.
+"""
+from typing import Tuple
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # triton is optional: the op falls back to the reference on the GPU
+    triton = None
+    tl = None
+
+__all__ = ['ms_deform_attn_backward_triton', 'ms_deform_attn_forward_triton', 'triton_available']
+
+
+def triton_available() -> bool:
+    """Whether triton imports and a CUDA device is present."""
+    return triton is not None and torch.cuda.is_available()
+
+
+if triton is not None:
+
+    @triton.jit
+    def _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask, H, W):
+        """Pixel position, validity and attention weight of one sampling point per query."""
+        lx = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=-10.0)
+        ly = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=-10.0)
+        w = tl.load(attn_ptr + idx, mask=q_mask, other=0.0)
+        x = lx * W - 0.5
+        y = ly * H - 0.5
+        # NaN fails the comparisons: such points, like those far outside, read nothing.
+        inside = (x > -1.0) & (x < W) & (y > -1.0) & (y < H) & q_mask
+        x = tl.where(inside, x, -2.0)
+        y = tl.where(inside, y, -2.0)
+        x0f = tl.floor(x)
+        y0f = tl.floor(y)
+        return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f, w, inside
+
+    @triton.jit
+    def _msda_fwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr, S, Q,
+                         NH, D, L: tl.constexpr, P: tl.constexpr, BLOCK_Q: tl.constexpr,
+                         BLOCK_D: tl.constexpr, ACC_FP64: tl.constexpr):
+        pid_q = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        pid_d = tl.program_id(2)
+        b = pid_bh // NH
+        h = pid_bh % NH
+        acc_t = tl.float64 if ACC_FP64 else tl.float32
+        qs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        q_mask = qs < Q
+        ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+        d_mask = ds < D
+        row = NH * D
+        bqh = ((b * Q + qs) * NH + h).to(tl.int64)
+        acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=acc_t)
+        for l in tl.static_range(L):
+            H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
+            W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
+            start = tl.load(starts_ptr + l)
+            level_base = (b * S + start).to(tl.int64)
+            for p in tl.static_range(P):
+                idx = bqh * (L * P) + l * P + p
+                x0, y0, fx, fy, w, inside = _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask,
+                                                            H.to(acc_t), W.to(acc_t))
+                k00 = level_base + (y0 * W + x0).to(tl.int64)
+                ok00 = inside & (x0 >= 0) & (y0 >= 0)
+                ok01 = inside & (x0 + 1 < W) & (y0 >= 0)
+                ok10 = inside & (x0 >= 0) & (y0 + 1 < H)
+                ok11 = inside & (x0 + 1 < W) & (y0 + 1 < H)
+                dm = d_mask[None, :]
+                base = value_ptr + h * D + ds[None, :]
+                v00 = tl.load(base + k00[:, None] * row, mask=ok00[:, None] & dm, other=0.0)
+                v01 = tl.load(base + (k00 + 1)[:, None] * row, mask=ok01[:, None] & dm,
+                              other=0.0)
+                v10 = tl.load(base + (k00 + W)[:, None] * row, mask=ok10[:, None] & dm,
+                              other=0.0)
+                v11 = tl.load(base + (k00 + W + 1)[:, None] * row, mask=ok11[:, None] & dm,
+                              other=0.0)
+                c00 = tl.where(ok00, w * (1.0 - fy) * (1.0 - fx), 0.0)
+                c01 = tl.where(ok01, w * (1.0 - fy) * fx, 0.0)
+                c10 = tl.where(ok10, w * fy * (1.0 - fx), 0.0)
+                c11 = tl.where(ok11, w * fy * fx, 0.0)
+                acc += (c00[:, None] * v00.to(acc_t) + c01[:, None] * v01.to(acc_t) +
+                        c10[:, None] * v10.to(acc_t) + c11[:, None] * v11.to(acc_t))
+        out_ptrs = out_ptr + bqh[:, None] * D + ds[None, :]
+        tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty),
+                 mask=q_mask[:, None] & d_mask[None, :])
+
+    @triton.jit
+    def _msda_bwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_out_ptr,
+                         grad_value_ptr, grad_loc_ptr, grad_attn_ptr, S, Q, NH, D,
+                         L: tl.constexpr, P: tl.constexpr, BLOCK_Q: tl.constexpr,
+                         BLOCK_D: tl.constexpr, ACC_FP64: tl.constexpr):
+        pid_q = tl.program_id(0)
+        pid_bh = tl.program_id(1)
+        b = pid_bh // NH
+        h = pid_bh % NH
+        acc_t = tl.float64 if ACC_FP64 else tl.float32
+        qs = pid_q * BLOCK_Q + tl.arange(0, BLOCK_Q)
+        q_mask = qs < Q
+        row = NH * D
+        bqh = ((b * Q + qs) * NH + h).to(tl.int64)
+        for l in tl.static_range(L):
+            H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
+            W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
+            start = tl.load(starts_ptr + l)
+            level_base = (b * S + start).to(tl.int64)
+            for p in tl.static_range(P):
+                idx = bqh * (L * P) + l * P + p
+                x0, y0, fx, fy, w, inside = _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask,
+                                                            H.to(acc_t), W.to(acc_t))
+                ok00 = inside & (x0 >= 0) & (y0 >= 0)
+                ok01 = inside & (x0 + 1 < W) & (y0 >= 0)
+                ok10 = inside & (x0 >= 0) & (y0 + 1 < H)
+                ok11 = inside & (x0 + 1 < W) & (y0 + 1 < H)
+                k00 = level_base + (y0 * W + x0).to(tl.int64)
+                k01 = k00 + 1
+                k10 = k00 + W
+                k11 = k10 + 1
+                w00 = (1.0 - fy) * (1.0 - fx)
+                w01 = (1.0 - fy) * fx
+                w10 = fy * (1.0 - fx)
+                w11 = fy * fx
+                d00 = tl.zeros((BLOCK_Q, ), dtype=acc_t)
+                d01 = tl.zeros((BLOCK_Q, ), dtype=acc_t)
+                d10 = tl.zeros((BLOCK_Q, ), dtype=acc_t)
+                d11 = tl.zeros((BLOCK_Q, ), dtype=acc_t)
+                for d0 in range(0, D, BLOCK_D):
+                    ds = d0 + tl.arange(0, BLOCK_D)
+                    dm = ds < D
+                    g = tl.load(grad_out_ptr + bqh[:, None] * D + ds[None, :],
+                                mask=q_mask[:, None] & dm[None, :], other=0.0).to(acc_t)
+                    off = h * D + ds[None, :]
+                    m00 = ok00[:, None] & dm[None, :]
+                    m01 = ok01[:, None] & dm[None, :]
+                    m10 = ok10[:, None] & dm[None, :]
+                    m11 = ok11[:, None] & dm[None, :]
+                    v00 = tl.load(value_ptr + k00[:, None] * row + off, mask=m00, other=0.0)
+                    v01 = tl.load(value_ptr + k01[:, None] * row + off, mask=m01, other=0.0)
+                    v10 = tl.load(value_ptr + k10[:, None] * row + off, mask=m10, other=0.0)
+                    v11 = tl.load(value_ptr + k11[:, None] * row + off, mask=m11, other=0.0)
+                    d00 += tl.sum(g * v00.to(acc_t), axis=1)
+                    d01 += tl.sum(g * v01.to(acc_t), axis=1)
+                    d10 += tl.sum(g * v10.to(acc_t), axis=1)
+                    d11 += tl.sum(g * v11.to(acc_t), axis=1)
+                    tl.atomic_add(grad_value_ptr + k00[:, None] * row + off,
+                                  (w * w00)[:, None] * g, mask=m00)
+                    tl.atomic_add(grad_value_ptr + k01[:, None] * row + off,
+                                  (w * w01)[:, None] * g, mask=m01)
+                    tl.atomic_add(grad_value_ptr + k10[:, None] * row + off,
+                                  (w * w10)[:, None] * g, mask=m10)
+                    tl.atomic_add(grad_value_ptr + k11[:, None] * row + off,
+                                  (w * w11)[:, None] * g, mask=m11)
+                g_attn = w00 * d00 + w01 * d01 + w10 * d10 + w11 * d11
+                gx = (1.0 - fy) * (d01 - d00) + fy * (d11 - d10)
+                gy = (1.0 - fx) * (d10 - d00) + fx * (d11 - d01)
+                g_attn = tl.where(inside, g_attn, 0.0)
+                gx = tl.where(inside, w * gx * W, 0.0)
+                gy = tl.where(inside, w * gy * H, 0.0)
+                tl.store(grad_attn_ptr + idx, g_attn, mask=q_mask)
+                tl.store(grad_loc_ptr + 2 * idx, gx, mask=q_mask)
+                tl.store(grad_loc_ptr + 2 * idx + 1, gy, mask=q_mask)
+
+
+def _check_triton() -> None:
+    if triton is None:
+        raise RuntimeError('ms_deform_attn: the Triton kernel needs the `triton` package')
+
+
+def _blocks(num_queries: int, head_dims: int, backward: bool) -> Tuple[int, int]:
+    block_d = min(triton.next_power_of_2(max(head_dims, 1)), 32 if backward else 64)
+    block_q = 32 if backward else 64
+    block_q = max(16, min(block_q, triton.next_power_of_2(max(num_queries, 1))))
+    return block_q, max(block_d, 16)
+
+
+def ms_deform_attn_forward_triton(value: torch.Tensor, spatial_shapes: torch.Tensor,
+                                  level_start_index: torch.Tensor,
+                                  sampling_locations: torch.Tensor,
+                                  attention_weights: torch.Tensor) -> torch.Tensor:
+    """Forward on contiguous, validated inputs (see ``MSDeformAttnFunction``)."""
+    _check_triton()
+    bs, num_keys, num_heads, head_dims = value.shape
+    num_queries, num_levels, num_points = sampling_locations.shape[1], \
+        sampling_locations.shape[3], sampling_locations.shape[4]
+    out = value.new_empty(bs, num_queries, num_heads * head_dims)
+    if out.numel() == 0:
+        return out
+    block_q, block_d = _blocks(num_queries, head_dims, backward=False)
+    grid = (triton.cdiv(num_queries, block_q), bs * num_heads, triton.cdiv(head_dims, block_d))
+    _msda_fwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
+                           attention_weights, out, num_keys, num_queries, num_heads, head_dims,
+                           L=num_levels, P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d,
+                           ACC_FP64=value.dtype == torch.float64)
+    return out
+
+
+def ms_deform_attn_backward_triton(
+        value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
+        sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
+        grad_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward: ``(grad_value, grad_sampling_locations, grad_attention_weights)``."""
+    _check_triton()
+    bs, num_keys, num_heads, head_dims = value.shape
+    num_queries, num_levels, num_points = sampling_locations.shape[1], \
+        sampling_locations.shape[3], sampling_locations.shape[4]
+    grad_value = torch.zeros(value.shape, dtype=sampling_locations.dtype, device=value.device)
+    grad_loc = torch.zeros_like(sampling_locations)
+    grad_attn = torch.zeros_like(attention_weights)
+    if grad_output.numel() > 0:
+        block_q, block_d = _blocks(num_queries, head_dims, backward=True)
+        grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
+        _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights, grad_output, grad_value, grad_loc, grad_attn,
+                               num_keys, num_queries, num_heads, head_dims, L=num_levels,
+                               P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d,
+                               ACC_FP64=value.dtype == torch.float64)
+    return grad_value.to(value.dtype), grad_loc, grad_attn
