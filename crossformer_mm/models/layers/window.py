@@ -57,3 +57,46 @@ def shifted_window_mask(hw: Tuple[int, int], window_size: IntPair, shift_size: I
 
 
 __all__ = ['shifted_window_mask']
+
+
+@lru_cache(maxsize=64)
+def _window_index_cpu(h: int, w: int, wh: int, ww: int, sh: int, sw: int
+                      ) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
+    hp, wp = h + (-h) % wh, w + (-w) % ww
+    src = torch.full((hp, wp), h * w, dtype=torch.long)  # h·w = the zero row (padding)
+    src[:h, :w] = torch.arange(h * w).view(h, w)
+    src = torch.roll(src, shifts=(-sh, -sw), dims=(0, 1))
+    fwd = window_partition(src.view(1, hp, wp, 1), (wh, ww)).reshape(-1)  # window order
+    inv = torch.empty(h * w + 1, dtype=torch.long)
+    inv[fwd] = torch.arange(fwd.numel())
+    return fwd.contiguous(), inv[:h * w].contiguous(), (hp, wp)
+
+
+def window_gather_index(hw: Tuple[int, int], window_size: IntPair, shift_size: IntPair = 0,
+                        device: Optional[torch.device] = None
+                        ) -> Tuple[Tensor, Tensor, Tuple[int, int]]:
+    """Token indices that pad, cyclically shift and window-partition a map in one gather.
+
+    Equivalent to ``pad_to_multiple`` → ``torch.roll(-shift)`` → :func:`window_partition` (and
+    back: :func:`window_reverse` → ``roll(+shift)`` → crop), but as one ``index_select`` each
+    way instead of three or four copies. Cached per (size, window, shift).
+
+    Args:
+        hw: Unpadded map size ``(H, W)``.
+        window_size: ``W`` or ``(Wh, Ww)``.
+        shift_size: ``s`` or ``(sh, sw)`` (0: plain windows).
+        device: Device of the indices.
+
+    Returns:
+        ``(forward, inverse, (Hp, Wp))``: ``forward`` ``(nW·Wh·Ww,)`` indexes the tokens
+        ``(H·W + 1)`` of a flattened map with one zero row appended (index ``H·W`` = padding),
+        in window order; ``inverse`` ``(H·W,)`` gives each original token's position in that
+        order.
+    """
+    wh, ww = to_2tuple(window_size, 'window_size')
+    sh, sw = to_2tuple(shift_size, 'shift_size')
+    fwd, inv, padded = _window_index_cpu(hw[0], hw[1], wh, ww, sh, sw)
+    return fwd.to(device), inv.to(device), padded
+
+
+__all__ += ['window_gather_index']
