@@ -100,7 +100,9 @@ class DynamicPosBias(nn.Module):
         table = self.forward_offsets(offsets)  # (2gh-1)(2gw-1), heads
         index = relative_position_index((gh, gw), device)
         n = gh * gw
-        return table[index.view(-1)].view(n, n, -1).permute(2, 0, 1).contiguous()
+        # index_select: the same gather as table[index], far faster on CPU for these sizes
+        bias = table.index_select(0, index.view(-1))
+        return bias.view(n, n, -1).permute(2, 0, 1).contiguous()
 
     def extra_repr(self) -> str:
         return f'pos_dim={self.pos_dim}, num_heads={self.num_heads}, residual={self.residual}'
@@ -135,7 +137,8 @@ class RelativePositionBias(nn.Module):
     def forward(self) -> Tensor:
         """Bias ``(heads, N, N)`` of the window."""
         n = self.window_size[0] * self.window_size[1]
-        bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
+        bias = self.relative_position_bias_table.index_select(
+            0, self.relative_position_index.view(-1))
         return bias.view(n, n, -1).permute(2, 0, 1).contiguous()
 
     def extra_repr(self) -> str:
