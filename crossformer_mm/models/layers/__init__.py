@@ -14,6 +14,7 @@ Stable API (used by CrossFormer, Swin and ViT):
   SDA and both LDA groupings), :func:`window_partition` / :func:`window_reverse`,
   :func:`padding_mask_groups`.
 * :class:`Mlp`, :class:`DropPath`, :func:`drop_path`, :func:`to_2tuple`.
+* :func:`add_sdpa_handle` / :func:`sdpa_flop_jit`: count fused attention in mmengine's FlopAnalyzer.
 * :class:`PatchMerging` (Swin: space-to-depth, norm over 4C, linear), :func:`shifted_window_mask`
   (Swin's shifted windows), :func:`resize_abs_pos_embed`, :func:`resize_rel_pos_bias_table`,
   :func:`get_rel_pos` / :func:`decomposed_rel_pos_bias` (ViTDet).
@@ -21,6 +22,7 @@ Stable API (used by CrossFormer, Swin and ViT):
 from .attention import Attention, build_attn_mask, mask_value
 from .drop import DropPath, drop_path
 from .embed import CrossScaleEmbed, CrossScalePatchMerging, split_channels
+from .flops import SDPA_OP, add_sdpa_handle, sdpa_flop_jit
 from .merging import PatchMerging
 from .mlp import Mlp
 from .partition import (group_partition, group_reverse, pad_amount, pad_to_multiple,
@@ -37,5 +39,6 @@ __all__ = [
     'pad_amount', 'pad_to_multiple', 'padding_mask_groups', 'to_2tuple', 'window_partition',
     'window_reverse', 'DynamicPosBias', 'RelativePositionBias', 'relative_offsets',
     'relative_position_index', 'PatchMerging', 'shifted_window_mask', 'resize_abs_pos_embed',
-    'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias'
+    'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias', 'SDPA_OP',
+    'add_sdpa_handle', 'sdpa_flop_jit'
 ]

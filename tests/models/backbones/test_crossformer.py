@@ -358,3 +358,38 @@ def test_registered_in_mm_registries():
     for registry in registries:
         model = registry.build(dict(type='CrossFormer', arch=MINI, out_indices=(3,)))
         assert isinstance(model, CrossFormer)
+
+
+# ---------------------------------------------------------------------------- FLOPs
+OFFICIAL_GFLOPS = {'tiny': 2.9, 'small': 4.9, 'base': 9.2, 'large': 16.1}
+
+
+def count_gflops(model: CrossFormer, hw=(224, 224)) -> float:
+    from mmengine.analysis import FlopAnalyzer
+
+    from crossformer_mm.models.layers import add_sdpa_handle
+
+    class Classifier(torch.nn.Module):
+        def __init__(self, backbone):
+            super().__init__()
+            self.backbone = backbone
+
+        def forward(self, x):
+            return self.backbone.forward_head(self.backbone(x))
+
+    analyzer = add_sdpa_handle(FlopAnalyzer(Classifier(model.eval()), torch.randn(1, 3, *hw)))
+    analyzer.unsupported_ops_warnings(False)
+    analyzer.uncalled_modules_warnings(False)
+    return analyzer.total() / 1e9
+
+
+@pytest.mark.parametrize('arch', [
+    'small', pytest.param('tiny', marks=pytest.mark.slow), pytest.param('base', marks=pytest.mark.slow),
+    pytest.param('large', marks=pytest.mark.slow)])
+def test_flops_match_official(arch):
+    model = CrossFormer(arch, num_classes=1000)
+    fused = count_gflops(model)  # SDPA counted through add_sdpa_handle
+    model.set_fused_attn(False)
+    explicit = count_gflops(model)
+    assert fused == pytest.approx(explicit, rel=1e-9)
+    assert explicit == pytest.approx(OFFICIAL_GFLOPS[arch], rel=0.03)
