@@ -6,7 +6,10 @@ Accepts classification checkpoints (``model`` key), detection / segmentation che
 ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` on ``CrossFormer``.
 
 Usage:
-    python tools/model_converters/crossformer_to_mm.py SRC DST [--unsafe-pickle]
+    python tools/model_converters/crossformer_to_mm.py SRC DST [--unsafe-pickle] [--mmpretrain]
+
+``--mmpretrain`` writes a whole ``ImageClassifier`` state dict instead (``backbone.*`` and the
+official ``head.*`` as ``head.fc.*``), for ``load_from`` with configs/crossformer/.
 """
 import argparse
 import os
@@ -22,6 +25,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--unsafe-pickle', action='store_true',
                         help='load SRC with weights_only=False (official training checkpoints '
                         'pickle their config objects); only for files you trust')
+    parser.add_argument('--mmpretrain', action='store_true',
+                        help='write backbone.* / head.fc.* keys of an mmpretrain ImageClassifier')
     return parser.parse_args(argv)
 
 
@@ -43,6 +48,9 @@ def main(argv=None) -> int:
     if not state_dict:
         print(f'error: no tensors found in {args.src}', file=sys.stderr)
         return 1
+    if args.mmpretrain:
+        state_dict = {(f'head.fc.{k[5:]}' if k.startswith('head.') else f'backbone.{k}'): v
+                      for k, v in state_dict.items()}
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     meta = {'source': os.path.basename(args.src), 'converter': 'crossformer_to_mm'}
     torch.save({'state_dict': state_dict, 'meta': meta}, args.dst)

@@ -393,3 +393,51 @@ def test_flops_match_official(arch):
     explicit = count_gflops(model)
     assert fused == pytest.approx(explicit, rel=1e-9)
     assert explicit == pytest.approx(OFFICIAL_GFLOPS[arch], rel=0.03)
+
+
+# ---------------------------------------------------------------------------- configs
+CONFIGS = sorted((REPO / 'configs/crossformer').glob('*.py'))
+
+
+@pytest.mark.parametrize('path', CONFIGS, ids=lambda p: p.name)
+def test_classification_configs(path):
+    pytest.importorskip('mmpretrain', reason='mmpretrain (its _base_ configs) not installed')
+    from mmengine.config import Config
+    cfg = Config.fromfile(str(path))
+    assert cfg.default_scope == 'mmpretrain' and 'crossformer_mm' in cfg.custom_imports.imports
+    args = dict(cfg.model.backbone)
+    assert args.pop('type') == 'CrossFormer'
+    with torch.device('meta'):
+        backbone = CrossFormer(**args, num_classes=cfg.model.head.num_classes)
+    assert cfg.model.head.in_channels == backbone.num_features[-1]
+    arch = args['arch']
+    assert n_params(backbone) == CLASSIFICATION_PARAMS[arch]
+    assert args['drop_path_rate'] == CrossFormer.arch_zoo[arch]['drop_path_rate']
+
+
+def test_classification_config_builds_with_mmpretrain():
+    try:
+        import torchvision  # noqa: F401
+        import mmpretrain.models  # noqa: F401
+    except Exception as err:  # torchvision for torch 2.13 CPU does not import here
+        pytest.skip(f'mmpretrain.models needs torchvision, which does not import: {err}')
+    from mmengine.config import Config
+    from mmpretrain.registry import MODELS
+
+    import crossformer_mm  # noqa: F401
+    cfg = Config.fromfile(str(REPO / 'configs/crossformer/crossformer-t_8xb128_in1k.py'))
+    model = MODELS.build(cfg.model)
+    assert n_params(model) == CLASSIFICATION_PARAMS['tiny']
+
+
+def test_converter_cli_mmpretrain_layout(tmp_path):
+    model = CrossFormer(MINI, num_classes=10)
+    src, dst = tmp_path / 'official.pth', tmp_path / 'cls.pth'
+    torch.save(official_layout(model, 'cls'), src)
+    proc = subprocess.run([sys.executable, str(REPO / 'tools/model_converters/crossformer_to_mm.py'),
+                           str(src), str(dst), '--mmpretrain'], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    keys = set(torch.load(dst, weights_only=True)['state_dict'])
+    assert {'head.fc.weight', 'head.fc.bias', 'backbone.norm.weight',
+            'backbone.patch_embed.projs.0.weight'} <= keys
+    assert not any(k.startswith('head.') and not k.startswith('head.fc.') for k in keys)
