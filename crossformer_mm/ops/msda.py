@@ -254,9 +254,9 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
         ``(bs, num_queries, num_heads * head_dims)`` in the dtype of ``value``; differentiable in
         ``value``, ``sampling_locations`` and ``attention_weights``.
 
-    The CPU kernel handles float32/float64/bfloat16/float16 values, the Triton kernel
-    float32/float16/bfloat16; sampling locations and weights are computed in float32 (float64
-    for float64 values). Without a native kernel for the device it runs the reference.
+    Both kernels handle float64/float32/bfloat16/float16 values; sampling locations and weights
+    are computed in float32 (float64 for float64 values). Without a native kernel for the device
+    it runs the reference.
     """
     check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations,
                                 attention_weights)
@@ -269,10 +269,10 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
                        'PyTorch reference on the CPU (build with `python setup.py build_ext '
                        '--inplace`)')
     elif device.type == 'cuda':
-        use_native = native_kernel_available(device) and value.dtype != torch.float64
+        use_native = native_kernel_available(device)
         if not use_native:
-            _warn_once('cuda', 'ms_deform_attn: no Triton kernel for this call (triton missing '
-                       'or float64): running the PyTorch reference on the GPU')
+            _warn_once('cuda', 'ms_deform_attn: triton is not installed: running the PyTorch '
+                       'reference on the GPU')
     if not use_native:
         return ms_deform_attn_pytorch(value, spatial_shapes, level_start_index,
                                       sampling_locations, attention_weights)

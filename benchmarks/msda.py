@@ -1,0 +1,283 @@
+"""Benchmark of multi-scale deformable attention: this package's kernels against mmcv's.
+
+CPU: ``crossformer_mm.ops.ms_deform_attn`` (C++ kernel) against mmcv's CPU path
+``mmcv.ops.multi_scale_deform_attn.multi_scale_deformable_attn_pytorch`` (grid_sample based).
+GPU (when CUDA is available): the Triton kernel against mmcv's CUDA kernel
+(``MultiScaleDeformableAttnFunction``).
+
+Cases (DESIGN.md section 4): the Deformable DETR encoder at 800x1333 (B=1, levels 100x167, 50x84,
+25x42, 13x21, Q = S = 22,223, C=256, 8 heads, 4 levels, 4 points), the decoder (Q=300, same
+value) and a small shape. Sampling locations follow a trained model's pattern: reference point
+(the query's own pixel centre in the encoder, uniform in the decoder) plus offsets of about two
+pixels (normal, per level); ``--uniform`` samples uniformly in [0, 1] instead (worst locality).
+
+Each (case, implementation, mode) runs in a fresh subprocess that reports the median time and the
+peak memory above its state right before the first call (max RSS delta on the CPU,
+``torch.cuda.max_memory_allocated`` delta on the GPU). The floor comes from the cost model:
+FLOPs at the measured fp32 matmul rate and the minimum bytes at the measured copy bandwidth;
+"x floor" is our time over the larger of the two.
+
+Usage::
+
+    python benchmarks/msda.py                 # all cases, CPU (+ GPU when present)
+    python benchmarks/msda.py --cases small --repeat 5
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from typing import Dict, List, Tuple
+
+import torch
+
+ENCODER_SHAPES = [(100, 167), (50, 84), (25, 42), (13, 21)]
+CASES = {
+    # name: (levels, num_queries or None for one query per key (encoder), batch)
+    'encoder': (ENCODER_SHAPES, None, 1),
+    'decoder': (ENCODER_SHAPES, 300, 1),
+    'small': ([(32, 32), (16, 16), (8, 8), (4, 4)], None, 2),
+}
+EMBED_DIMS, NUM_HEADS, NUM_POINTS = 256, 8, 4
+IMPLS = ('ours', 'mmcv')
+MODES = ('fwd', 'fwd+bwd')
+
+
+# ------------------------------------------------------------------------------------------
+# Inputs and the cost model
+# ------------------------------------------------------------------------------------------
+
+
+def make_inputs(case: str, device: str, dtype: torch.dtype, uniform: bool, seed: int = 0):
+    shapes, num_queries, bs = CASES[case]
+    gen = torch.Generator().manual_seed(seed)
+    spatial_shapes = torch.tensor(shapes, dtype=torch.int64)
+    areas = spatial_shapes[:, 0] * spatial_shapes[:, 1]
+    level_start_index = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    num_keys = int(areas.sum())
+    num_levels = len(shapes)
+    head_dims = EMBED_DIMS // NUM_HEADS
+    value = torch.randn(bs, num_keys, NUM_HEADS, head_dims, generator=gen)
+    if num_queries is None:  # encoder: every key is a query, referenced at its pixel centre
+        refs = []
+        for h, w in shapes:
+            ys, xs = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')
+            refs.append(torch.stack([(xs.flatten() + 0.5) / w, (ys.flatten() + 0.5) / h], -1))
+        ref = torch.cat(refs)
+    else:
+        ref = torch.rand(num_queries, 2, generator=gen)
+    nq = ref.shape[0]
+    size_xy = torch.tensor([[w, h] for h, w in shapes], dtype=torch.float32)
+    if uniform:
+        loc = torch.rand(bs, nq, NUM_HEADS, num_levels, NUM_POINTS, 2, generator=gen)
+    else:
+        offsets = torch.randn(bs, nq, NUM_HEADS, num_levels, NUM_POINTS, 2, generator=gen) * 2.0
+        loc = ref[None, :, None, None, None, :] + offsets / size_xy[None, None, None, :, None, :]
+    attn = torch.randn(bs, nq, NUM_HEADS, num_levels * NUM_POINTS,
+                       generator=gen).softmax(-1).view(bs, nq, NUM_HEADS, num_levels,
+                                                       NUM_POINTS)
+    return [value.to(device, dtype), spatial_shapes.to(device), level_start_index.to(device),
+            loc.contiguous().to(device, dtype), attn.to(device, dtype)]
+
+
+def cost_model(case: str, bytes_per_elem: int = 4) -> Tuple[float, float]:
+    """(FLOPs, minimum bytes) of one forward (DESIGN.md section 4)."""
+    shapes, num_queries, bs = CASES[case]
+    num_keys = sum(h * w for h, w in shapes)
+    nq = num_keys if num_queries is None else num_queries
+    num_levels = len(shapes)
+    flops = 10 * bs * nq * EMBED_DIMS * num_levels * NUM_POINTS
+    elems = (bs * num_keys * EMBED_DIMS + 3 * bs * nq * NUM_HEADS * num_levels * NUM_POINTS +
+             bs * nq * EMBED_DIMS)
+    return float(flops), float(elems * bytes_per_elem)
+
+
+def floor_seconds(case: str, mode: str, rates: Dict[str, float]) -> float:
+    """The cost-model floor. fwd+bwd counts 3x the forward FLOPs (backward: four dot products
+    and four scatters per sample and channel) and 2x its bytes plus a written grad_value."""
+    flops, nbytes = cost_model(case)
+    if mode == 'fwd+bwd':
+        shapes, _, bs = CASES[case]
+        flops *= 3
+        nbytes = 2 * nbytes + 4 * bs * sum(h * w for h, w in shapes) * EMBED_DIMS
+    return max(flops / rates['flops'], nbytes / rates['bandwidth'])
+
+
+def measure_rates(device: str) -> Dict[str, float]:
+    """fp32 matmul FLOP/s and copy bandwidth (bytes read + written per second)."""
+
+    def best(fn, n=5):
+        fn()
+        times = []
+        for _ in range(n):
+            if device == 'cuda':
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            fn()
+            if device == 'cuda':
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t)
+        return min(times)
+
+    n = 2048 if device == 'cpu' else 8192
+    a = torch.randn(n, n, device=device)
+    b = torch.randn(n, n, device=device)
+    flops = 2 * n**3 / best(lambda: torch.mm(a, b))
+    src = torch.randn(64 * 2**20, device=device)  # 256 MiB
+    dst = torch.empty_like(src)
+    bandwidth = 2 * src.numel() * 4 / best(lambda: dst.copy_(src))
+    return dict(flops=flops, bandwidth=bandwidth)
+
+
+# ------------------------------------------------------------------------------------------
+# One measurement (runs in its own process)
+# ------------------------------------------------------------------------------------------
+
+
+def _current_rss_bytes() -> int:
+    with open('/proc/self/statm') as f:
+        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+
+def _max_rss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(case: str, impl: str, mode: str, device: str, repeat: int, uniform: bool) -> dict:
+    if impl == 'ours':
+        from crossformer_mm.ops import ms_deform_attn
+
+        def op(value, shapes, starts, loc, attn):
+            return ms_deform_attn(value, shapes, starts, loc, attn)
+    elif device == 'cuda':
+        from mmcv.ops.multi_scale_deform_attn import MultiScaleDeformableAttnFunction
+
+        def op(value, shapes, starts, loc, attn):
+            return MultiScaleDeformableAttnFunction.apply(value, shapes, starts, loc, attn, 64)
+    else:
+        from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
+
+        def op(value, shapes, starts, loc, attn):
+            return multi_scale_deformable_attn_pytorch(value, shapes, loc, attn)
+
+    inputs = make_inputs(case, device, torch.float32, uniform)
+    if mode == 'fwd+bwd':
+        for i in (0, 3, 4):
+            inputs[i].requires_grad_()
+        grad_out = None
+
+    def run():
+        nonlocal grad_out
+        if mode == 'fwd':
+            with torch.no_grad():
+                out = op(*inputs)
+        else:
+            for i in (0, 3, 4):
+                inputs[i].grad = None
+            out = op(*inputs)
+            if grad_out is None:
+                grad_out = torch.randn_like(out)
+            out.backward(grad_out)
+        if device == 'cuda':
+            torch.cuda.synchronize()
+        return out
+
+    if device == 'cuda':
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _current_rss_bytes()
+    times = []
+    for i in range(repeat + 1):  # the first call is the warm-up
+        t = time.perf_counter()
+        out = run()
+        elapsed = time.perf_counter() - t
+        del out
+        if i:
+            times.append(elapsed)
+    peak = (torch.cuda.max_memory_allocated() if device == 'cuda' else _max_rss_bytes()) - base
+    return dict(time=statistics.median(times), peak=max(peak, 0), threads=torch.get_num_threads())
+
+
+def run_worker(args, case: str, impl: str, mode: str, device: str) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), '--worker', case, impl, mode, device,
+           '--repeat', str(args.repeat)] + (['--uniform'] if args.uniform else [])
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f'worker {case}/{impl}/{mode} failed:\n{proc.stderr[-3000:]}')
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------------------------------------------------
+# Driver
+# ------------------------------------------------------------------------------------------
+
+
+def fmt_time(t: float) -> str:
+    return f'{t * 1e3:9.2f} ms'
+
+
+def fmt_mem(b: float) -> str:
+    return f'{b / 2**20:8.1f} MiB'
+
+
+def bench_device(args, device: str) -> List[str]:
+    rates = measure_rates(device)
+    lines = [
+        f'device {device} ({torch.get_num_threads()} threads)' if device == 'cpu' else
+        f'device {device} ({torch.cuda.get_device_name()})',
+        f'measured: fp32 matmul {rates["flops"] / 1e9:.1f} GFLOP/s, copy '
+        f'{rates["bandwidth"] / 1e9:.1f} GB/s',
+        'locations: ' + ('uniform in [0, 1]' if args.uniform else
+                         'reference point + N(0, 2 px) offsets'),
+    ]
+    for case in args.cases:
+        flops, nbytes = cost_model(case)
+        lines.append(f'{case}: {flops / 1e9:.3f} GFLOP, {nbytes / 1e6:.1f} MB minimum traffic '
+                     f'(forward)')
+    head = (f'| {"case":8s} | {"mode":7s} | {"ours":>12s} | {"mmcv":>12s} | {"speed-up":>8s} '
+            f'| {"floor":>12s} | {"x floor":>7s} | {"ours peak":>12s} | {"mmcv peak":>12s} '
+            f'| {"mem ratio":>9s} |')
+    lines += ['', head, '|' + '|'.join('-' * (len(c)) for c in head.split('|')[1:-1]) + '|']
+    for case in args.cases:
+        for mode in MODES:
+            res = {impl: run_worker(args, case, impl, mode, device) for impl in IMPLS}
+            floor = floor_seconds(case, mode, rates)
+            ours, theirs = res['ours'], res['mmcv']
+            mem_ratio = theirs['peak'] / ours['peak'] if ours['peak'] > 0 else float('inf')
+            lines.append(
+                f'| {case:8s} | {mode:7s} | {fmt_time(ours["time"])} | '
+                f'{fmt_time(theirs["time"])} | {theirs["time"] / ours["time"]:7.1f}x | '
+                f'{fmt_time(floor)} | {ours["time"] / floor:6.1f}x | {fmt_mem(ours["peak"])} | '
+                f'{fmt_mem(theirs["peak"])} | {mem_ratio:8.1f}x |')
+            print(lines[-1], flush=True)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES))
+    parser.add_argument('--repeat', type=int, default=3, help='timed calls after one warm-up')
+    parser.add_argument('--uniform', action='store_true',
+                        help='uniform sampling locations instead of reference + offsets')
+    parser.add_argument('--worker', nargs=4, metavar=('CASE', 'IMPL', 'MODE', 'DEVICE'),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(*args.worker, repeat=args.repeat, uniform=args.uniform)))
+        return
+    report = []
+    for device in ('cpu', 'cuda'):
+        if device == 'cuda' and not torch.cuda.is_available():
+            report.append('\nGPU comparison (Triton vs mmcv CUDA kernel) skipped: no CUDA GPU')
+            continue
+        report += [''] + bench_device(args, device)
+    print('\n'.join(report))
+
+
+if __name__ == '__main__':
+    main()
