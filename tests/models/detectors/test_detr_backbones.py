@@ -1,0 +1,69 @@
+"""The DETR-family detectors with the package's backbones (tiny variants): build-time channel
+checks understand them, and a training step and an inference run."""
+import copy
+
+import pytest
+import torch
+from _detr_parity_utils import deformable_detr_cfg, detr_cfg, make_batch, preprocess, to_ours
+from mmdet.registry import MODELS
+
+TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
+BACKBONES = {
+    'CrossFormer': dict(type='CrossFormer', arch=dict(TINY), group_size=(4, 4, 4, 4),
+                        interval=(4, 2, 1, 1), drop_path_rate=0.),
+    'CFSwinTransformer': dict(type='CFSwinTransformer', arch=dict(TINY), window_size=4,
+                              drop_path_rate=0.),
+}
+
+
+def _available(name):
+    return MODELS.get(name) is not None
+
+
+def _train_and_predict(cfg):
+    torch.manual_seed(0)
+    model = MODELS.build(cfg)
+    model.init_weights()
+    inputs, samples = preprocess(model, *make_batch())
+    model.train()
+    losses = model.loss(inputs, copy.deepcopy(samples))
+    loss = sum(v for k, v in losses.items() if 'loss' in k)
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0
+               for n, p in model.named_parameters() if n.startswith('backbone.'))
+    model.eval()
+    with torch.no_grad():
+        out = model.predict(inputs, copy.deepcopy(samples))
+    assert len(out[0].pred_instances) > 0
+
+
+@pytest.mark.parametrize('name', list(BACKBONES))
+def test_deformable_detr_with_backbone(name):
+    if not _available(name):
+        pytest.skip(f'{name} is not registered')
+    cfg = to_ours(deformable_detr_cfg(with_box_refine=True, as_two_stage=True))
+    cfg['backbone'] = dict(BACKBONES[name], out_indices=(1, 2, 3))
+    cfg['neck']['in_channels'] = [32, 64, 128]
+    _train_and_predict(cfg)
+
+
+@pytest.mark.parametrize('name', list(BACKBONES))
+def test_detr_with_backbone(name):
+    if not _available(name):
+        pytest.skip(f'{name} is not registered')
+    cfg = to_ours(detr_cfg())
+    cfg['backbone'] = dict(BACKBONES[name], out_indices=(3, ))
+    cfg['neck']['in_channels'] = [128]
+    _train_and_predict(cfg)
+
+
+@pytest.mark.parametrize('name', list(BACKBONES))
+def test_channel_mismatch_names_backbone_channels(name):
+    if not _available(name):
+        pytest.skip(f'{name} is not registered')
+    cfg = to_ours(deformable_detr_cfg())
+    cfg['backbone'] = dict(BACKBONES[name], out_indices=(1, 2, 3))
+    cfg['neck']['in_channels'] = [192, 384, 768]  # CrossFormer-S / Swin-T channels
+    with pytest.raises(ValueError, match=r'\[32, 64, 128\]'):
+        MODELS.build(cfg)
