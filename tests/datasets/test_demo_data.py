@@ -1,0 +1,133 @@
+"""The embedded demo datasets: deterministic, valid COCO / ADE20K formats, the promised variety."""
+import hashlib
+import json
+import os
+import os.path as osp
+from collections import defaultdict
+
+import numpy as np
+import pytest
+from pycocotools.coco import COCO
+
+from crossformer_mm.datasets.demo_data import (ADE_CLASSES, COCO_CLASSES, make_demo_data,
+                                               mask_to_polygons, shape_mask)
+
+
+@pytest.fixture(scope='module')
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp('demo')
+    make_demo_data(str(root), num_train=24, num_val=8, size=128, seed=3)
+    return root
+
+
+def tree_digest(root) -> str:
+    h = hashlib.sha256()
+    for dirpath, _, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            h.update(name.encode())
+            with open(osp.join(dirpath, name), 'rb') as f:
+                h.update(f.read())
+    return h.hexdigest()
+
+
+def test_deterministic(demo, tmp_path):
+    make_demo_data(str(tmp_path), num_train=24, num_val=8, size=128, seed=3)
+    assert tree_digest(tmp_path) == tree_digest(demo)
+
+
+def test_second_run_skips(demo):
+    assert make_demo_data(str(demo), num_train=24, num_val=8, size=128, seed=3) == {
+        'coco': {}, 'ade': {}}
+
+
+def test_coco_annotations(demo):
+    coco = COCO(str(demo / 'demo_coco' / 'annotations' / 'instances_train.json'))
+    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(COCO_CLASSES)
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(coco.getImgIds()) == 24 and len(anns) >= 24 * 2
+    sizes = []
+    for ann in anns:
+        x, y, w, h = ann['bbox']
+        assert w > 0 and h > 0 and 0 <= x and x + w <= 128 and 0 <= y and y + h <= 128
+        mask = coco.annToMask(ann)
+        ys, xs = np.nonzero(mask)
+        # The polygon lies inside the box and rasterises back to the recorded visible area.
+        assert xs.min() >= x - 1 and xs.max() <= x + w and ys.min() >= y - 1 and ys.max() <= y + h
+        assert abs(int(mask.sum()) - ann['area']) <= 0.05 * ann['area'] + 2
+        sizes.append(max(w, h))
+    # Objects of several scales: small, medium and large relative to the 128 px images.
+    assert min(sizes) < 16 and max(sizes) > 40
+
+
+def test_categories_differ_by_shape_not_colour(demo):
+    data = json.load(open(demo / 'demo_coco' / 'annotations' / 'instances_train.json'))
+    import cv2
+    colours = defaultdict(set)
+    for ann in data['annotations']:
+        img = cv2.imread(str(demo / 'demo_coco' / 'train' / f"{ann['image_id']:06d}.jpg"))
+        x, y, w, h = ann['bbox']
+        cx, cy = x + w // 2, y + h // 2
+        colours[ann['category_id']].add(tuple(int(v) // 64 for v in img[cy, cx]))
+    assert all(len(c) >= 2 for c in colours.values()), colours
+
+
+def test_some_objects_overlap(demo):
+    coco = COCO(str(demo / 'demo_coco' / 'annotations' / 'instances_train.json'))
+    overlaps = 0
+    for img_id in coco.getImgIds():
+        boxes = [a['bbox'] for a in coco.loadAnns(coco.getAnnIds(imgIds=img_id))]
+        for i in range(len(boxes)):
+            for j in range(i + 1, len(boxes)):
+                ax, ay, aw, ah = boxes[i]
+                bx, by, bw, bh = boxes[j]
+                if min(ax + aw, bx + bw) > max(ax, bx) and min(ay + ah, by + bh) > max(ay, by):
+                    overlaps += 1
+    assert overlaps > 0
+
+
+def test_ade_labels(demo):
+    import cv2
+    folder = demo / 'demo_ade' / 'annotations' / 'training'
+    values = set()
+    for name in sorted(os.listdir(folder)):
+        values |= set(np.unique(cv2.imread(str(folder / name), cv2.IMREAD_UNCHANGED)).tolist())
+    assert values <= {idx for _, idx in ADE_CLASSES} and {1, 4} <= values and len(values) >= 4
+    assert len(os.listdir(demo / 'demo_ade' / 'images' / 'validation')) == 8
+
+
+def test_ade_class_indices_match_mmseg():
+    from mmseg.datasets import ADE20KDataset
+    names = ADE20KDataset.METAINFO['classes']
+    for name, index in ADE_CLASSES:
+        assert names[index - 1] == name
+
+
+def test_mmseg_reads_ade_demo(demo):
+    from mmseg.datasets import ADE20KDataset
+    ds = ADE20KDataset(
+        data_root=str(demo / 'demo_ade'),
+        data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
+        metainfo=dict(classes=tuple(n for n, _ in ADE_CLASSES)),
+        pipeline=[dict(type='LoadImageFromFile'),
+                  dict(type='mmseg.LoadAnnotations', reduce_zero_label=True)])
+    assert len(ds) == 8
+    seg = ds[0]['gt_seg_map']
+    # reduce_zero_label shifts ADE indices by one; the label map then renumbers the subset 0..5.
+    assert set(np.unique(seg).tolist()) <= set(range(len(ADE_CLASSES))) | {255}
+    assert {0, 1} <= set(np.unique(seg).tolist())
+
+
+def test_shapes_and_polygons():
+    for kind in COCO_CLASSES:
+        mask = shape_mask(kind, 64, 32, 32, 20, 0.3, 64)
+        assert 200 < mask.sum() < 64 * 64
+        assert mask_to_polygons(mask)
+    with pytest.raises(ValueError, match='unknown shape'):
+        shape_mask('hexagon', 64, 32, 32, 20, 0.0, 64)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(num_train=0), 'num_train'), (dict(size=16), 'size'), (dict(which=('voc', )), 'voc')])
+def test_bad_arguments(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_demo_data(str(tmp_path), **kwargs)
