@@ -12,7 +12,8 @@ value) and a small shape. Sampling locations follow a trained model's pattern: r
 pixels (normal, per level); ``--uniform`` samples uniformly in [0, 1] instead (worst locality).
 
 Each (case, implementation, mode) runs in a fresh subprocess that reports the median time and the
-peak memory above its state right before the first call (max RSS delta on the CPU,
+peak memory above its state right before the first call (growth of the peak RSS, VmHWM, reset
+through /proc/self/clear_refs, on the CPU;
 ``torch.cuda.max_memory_allocated`` delta on the GPU). The floor comes from the cost model:
 FLOPs at the measured fp32 matmul rate and the minimum bytes at the measured copy bandwidth;
 "x floor" is our time over the larger of the two.
@@ -23,9 +24,9 @@ Usage::
     python benchmarks/msda.py --cases small --repeat 5
 """
 import argparse
+import gc
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -137,13 +138,20 @@ def measure_rates(device: str) -> Dict[str, float]:
 # ------------------------------------------------------------------------------------------
 
 
-def _current_rss_bytes() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+def _status_bytes(field: str) -> int:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f'{field} not in /proc/self/status')
 
 
-def _max_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+def _reset_peak_rss() -> int:
+    """Resets the process's peak RSS (VmHWM) to its current RSS and returns that RSS."""
+    gc.collect()
+    with open('/proc/self/clear_refs', 'w') as f:
+        f.write('5')
+    return _status_bytes('VmRSS')
 
 
 def worker(case: str, impl: str, mode: str, device: str, repeat: int, uniform: bool) -> dict:
@@ -190,7 +198,7 @@ def worker(case: str, impl: str, mode: str, device: str, repeat: int, uniform: b
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
-        base = _current_rss_bytes()
+        base = _reset_peak_rss()
     times = []
     for i in range(repeat + 1):  # the first call is the warm-up
         t = time.perf_counter()
@@ -199,7 +207,7 @@ def worker(case: str, impl: str, mode: str, device: str, repeat: int, uniform: b
         del out
         if i:
             times.append(elapsed)
-    peak = (torch.cuda.max_memory_allocated() if device == 'cuda' else _max_rss_bytes()) - base
+    peak = (torch.cuda.max_memory_allocated() if device == 'cuda' else _status_bytes('VmHWM')) - base
     return dict(time=statistics.median(times), peak=max(peak, 0), threads=torch.get_num_threads())
 
 
