@@ -207,7 +207,10 @@ def worker(case: str, impl: str, mode: str, device: str, repeat: int, uniform: b
         del out
         if i:
             times.append(elapsed)
-    peak = (torch.cuda.max_memory_allocated() if device == 'cuda' else _status_bytes('VmHWM')) - base
+    if device == 'cuda':
+        peak = torch.cuda.max_memory_allocated() - base
+    else:
+        peak = _status_bytes('VmHWM') - base
     return dict(time=statistics.median(times), peak=max(peak, 0), threads=torch.get_num_threads())
 
 

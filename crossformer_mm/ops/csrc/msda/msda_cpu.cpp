@@ -10,9 +10,10 @@
 //   output             (B, Q, NH * D)
 // opmath is float for float/half/bfloat16 value and double for double value.
 //
-// Forward: parallel over B*Q (one output row per task). Backward: parallel over B*NH; each task
+// Forward: parallel over chunks of the B*Q output rows. Backward: parallel over B*NH; each task
 // owns the disjoint slice grad_value[b, :, h, :] and walks the queries in order, so no atomics
 // are needed and the result is bit-identical from run to run (and for any thread count).
+// Both hand their chunks out dynamically on torch's thread pool (see parallel_chunks).
 // Channel loops are contiguous and written for the compiler's vectoriser; the hot loops are
 // compiled for x86-64-v3 (AVX2+FMA) as well as the baseline ISA and picked at load time
 // (target_clones on the per-range workers, into which the channel loops inline).
@@ -23,6 +24,8 @@
 #include <ATen/Dispatch.h>
 #include <c10/util/irange.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <vector>
 
@@ -135,6 +138,23 @@ inline acc_t backward1(const acc_t* __restrict g, const scalar_t* __restrict v,
     gv[c] += a * g[c];
   }
   return d;
+}
+
+// Runs f(begin, end) over [0, n) in chunks of `chunk`, on torch's intra-op thread pool
+// (at::parallel_for, one task per thread) with the chunks handed out dynamically: a thread that
+// is slowed down (a busy machine) does not hold the others up. Which thread runs a chunk never
+// changes the result: each chunk writes its own outputs in a fixed order.
+template <typename F>
+void parallel_chunks(int64_t n, int64_t chunk, const F& f) {
+  if (n <= 0) return;
+  const int64_t num_chunks = (n + chunk - 1) / chunk;
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(at::get_num_threads(), num_chunks);
+  at::parallel_for(0, workers, 1, [&](int64_t, int64_t) {
+    for (int64_t c = next.fetch_add(1); c < num_chunks; c = next.fetch_add(1)) {
+      f(c * chunk, std::min(n, (c + 1) * chunk));
+    }
+  });
 }
 
 struct Dims {
@@ -272,11 +292,12 @@ void forward_impl(const at::Tensor& value, const at::Tensor& shapes, const at::T
                           nullptr,
                           nullptr};
   const Dims& d = a.d;
-  // About 10 * L * P * NH * D flops per query: aim for tasks of ~64k flops at least.
-  const int64_t grain =
-      std::max<int64_t>(1, 65536 / std::max<int64_t>(1, 10 * d.L * d.P * d.NH * d.D));
-  at::parallel_for(0, d.B * d.Q, grain, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(d.D);
+  // About 10 * L * P * NH * D flops per query: chunks of ~256k flops at least.
+  const int64_t chunk =
+      std::max<int64_t>(1, 262144 / std::max<int64_t>(1, 10 * d.L * d.P * d.NH * d.D));
+  parallel_chunks(d.B * d.Q, chunk, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<acc_t> acc;
+    acc.resize(d.D);
     // Common head widths get fully unrolled channel loops.
     switch (d.D) {
       case 32: forward_range<32>(a, begin, end, acc.data()); break;
@@ -303,8 +324,9 @@ void backward_impl(const at::Tensor& value, const at::Tensor& shapes, const at::
                           grad_loc.data_ptr<acc_t>(),
                           grad_attn.data_ptr<acc_t>()};
   // One task per (batch, head): tasks write disjoint slices of grad_value, grad_loc, grad_attn.
-  at::parallel_for(0, a.d.B * a.d.NH, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> g(a.d.D);
+  parallel_chunks(a.d.B * a.d.NH, 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<acc_t> g;
+    g.resize(a.d.D);
     switch (a.d.D) {
       case 32: backward_range<32>(a, begin, end, g.data()); break;
       case 64: backward_range<64>(a, begin, end, g.data()); break;
