@@ -470,3 +470,30 @@ def test_cuda_module_matches_mmcv_cuda_kernel():
     with torch.autocast('cuda', dtype=torch.float16):
         out = ours(**inputs)
     assert max_diff(out, theirs(**inputs)) <= 5e-2
+
+
+def test_replace_in_mmdet_deformable_detr_encoder():
+    """The documented way to run mmdet's Deformable DETR on our kernels gives the same output."""
+    from mmdet.models.layers import DeformableDetrTransformerEncoder
+    torch.manual_seed(0)
+    encoder = DeformableDetrTransformerEncoder(
+        num_layers=2,
+        layer_cfg=dict(
+            self_attn_cfg=dict(embed_dims=32, num_heads=4, num_levels=2, num_points=2,
+                               dropout=0.0, batch_first=True),
+            ffn_cfg=dict(embed_dims=32, feedforward_channels=64, ffn_drop=0.0))).eval()
+    _randomise(encoder)
+    inputs = _module_inputs(batch_first=True)
+    kwargs = dict(query=inputs['value'], query_pos=torch.randn_like(inputs['value']),
+                  key_padding_mask=inputs['key_padding_mask'],
+                  spatial_shapes=inputs['spatial_shapes'],
+                  level_start_index=inputs['level_start_index'],
+                  valid_ratios=torch.ones(2, 2, 2))
+    with torch.no_grad():
+        expected = encoder(**kwargs)
+    assert replace_mmcv_msda(encoder) == 2
+    assert all(isinstance(layer.self_attn, MSDeformAttn) for layer in encoder.layers)
+    out = encoder(**kwargs)
+    assert max_diff(out, expected) <= 1e-4
+    out.sum().backward()
+    assert encoder.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0
