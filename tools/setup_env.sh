@@ -61,14 +61,18 @@ if [ ! -x "$VENV/bin/python" ]; then
   fi
 fi
 VPY="$VENV/bin/python"
-PIP=("$VPY" -m pip install --disable-pip-version-check)
+# pip, with the noise of unused local index mirrors filtered out (pip's exit status is kept).
+pip_install() {
+  "$VPY" -m pip install --disable-pip-version-check "$@" 2>&1 \
+    | { grep -v "^WARNING: Location '.*' is ignored" || true; }
+}
 
 # 2. Build tools, then torch (an installed torch is kept as it is).
 log "installing build tools"
-"${PIP[@]}" -q -r "$ROOT/requirements/build.txt"
+pip_install -q -r "$ROOT/requirements/build.txt" "numpy>=2,<3"
 if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   log "installing $TORCH_REQ"
-  "${PIP[@]}" -q "$TORCH_REQ"
+  pip_install -q "$TORCH_REQ"
 fi
 TORCH_TAG=$("$VPY" -c "import torch; print(torch.__version__.replace('+', '_'))")
 WITH_CUDA=$("$VPY" -c "import torch; print(int(bool(torch.version.cuda) and torch.cuda.is_available()))")
@@ -84,18 +88,18 @@ if ! "$VPY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION
     export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
     if [ "$WITH_CUDA" = 1 ]; then export FORCE_CUDA=1; fi
     "$VPY" -m pip wheel --no-deps --no-build-isolation --no-binary mmcv \
-      -w "$WHEEL_DIR" "mmcv==$MMCV_VERSION"
+      -w "$WHEEL_DIR" "mmcv==$MMCV_VERSION" 2>&1 | { grep -v "^WARNING: Location" || true; }
   fi
   log "installing mmcv from $WHEEL_DIR"
-  "${PIP[@]}" -q --no-deps "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl
+  pip_install -q --no-deps "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl
 fi
 
 # 4. The rest of the stack, the test tools, and the package itself (editable, with its native op).
 log "installing the OpenMMLab stack and test requirements"
-"${PIP[@]}" -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/mminstall.txt" \
+pip_install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/mminstall.txt" \
   -r "$ROOT/requirements/tests.txt"
 log "installing crossformer_mm (editable, builds the native op)"
-"${PIP[@]}" -q --no-build-isolation --no-deps -e "$ROOT"
+pip_install -q --no-build-isolation --no-deps -e "$ROOT"
 
 if ! check_env; then
   echo "[setup] the environment was installed but importing the stack failed:" >&2

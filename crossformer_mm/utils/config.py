@@ -47,7 +47,8 @@ def load_config(path: str) -> Config:
 def _walk_types(node: Any, path: str) -> Iterator[Tuple[str, str]]:
     if isinstance(node, dict):
         t = node.get('type')
-        if isinstance(t, str):
+        # `nms=dict(type='nms' | 'soft_nms')` names an mmcv function, not a registered class.
+        if isinstance(t, str) and not path.endswith('nms'):
             yield path, t
         for key, value in node.items():
             yield from _walk_types(value, f'{path}.{key}' if path else str(key))
@@ -79,9 +80,10 @@ def check_types(cfg: Config, keys: Optional[List[str]] = None) -> None:
             close = difflib.get_close_matches(name.split('.')[-1], known, n=5, cutoff=0.6)
             hint = f' Close matches: {", ".join(close)}.' if close else ''
             raise ConfigError(
-                f'unknown type {name!r} at `{path}`: it is not registered in any {scope} registry '
-                f'(searched {", ".join(sorted(registries))} of scope {scope!r} and their parents; '
-                f'is the module that registers it listed in custom_imports?).{hint}')
+                f'unknown type {name!r} at `{path}`: it is not registered in any of the '
+                f'{len(registries)} registries of scope {scope!r} (MODELS, TASK_UTILS, DATASETS, '
+                f'TRANSFORMS, ... and their parents); is the module that registers it listed in '
+                f'custom_imports?{hint}')
 
 
 def _all_names(reg: Registry) -> Iterator[str]:
