@@ -64,12 +64,12 @@ if triton is not None:
         row = NH * D
         bqh = ((b * Q + qs) * NH + h).to(tl.int64)
         acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=acc_t)
-        for l in tl.static_range(L):
+        for l in range(L):
             H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
             W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
             start = tl.load(starts_ptr + l)
             level_base = (b * S + start).to(tl.int64)
-            for p in tl.static_range(P):
+            for p in range(P):
                 idx = bqh * (L * P) + l * P + p
                 x0, y0, fx, fy, w, inside = _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask,
                                                             H.to(acc_t), W.to(acc_t))
@@ -111,12 +111,12 @@ if triton is not None:
         q_mask = qs < Q
         row = NH * D
         bqh = ((b * Q + qs) * NH + h).to(tl.int64)
-        for l in tl.static_range(L):
+        for l in range(L):
             H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
             W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
             start = tl.load(starts_ptr + l)
             level_base = (b * S + start).to(tl.int64)
-            for p in tl.static_range(P):
+            for p in range(P):
                 idx = bqh * (L * P) + l * P + p
                 x0, y0, fx, fy, w, inside = _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask,
                                                             H.to(acc_t), W.to(acc_t))
