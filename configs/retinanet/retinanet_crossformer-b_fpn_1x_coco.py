@@ -1,0 +1,8 @@
+# RetinaNet with a CrossFormer-B backbone, 1x schedule, COCO (official recipe, as CrossFormer-S).
+_base_ = './retinanet_crossformer-s_fpn_1x_coco.py'
+
+pretrained = 'checkpoints/crossformer-b_in1k.pth'
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.3,
+                  init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[96, 192, 384, 768]))

@@ -1,0 +1,8 @@
+# RetinaNet with Swin-B (CFSwinTransformer, ImageNet-1K weights), 1x schedule, COCO.
+_base_ = './retinanet_swin-t-p4-w7_fpn_1x_coco.py'
+
+pretrained = 'https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_base_patch4_window7_224.pth'  # noqa: E501
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.3,
+                  init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[256, 512, 1024]))

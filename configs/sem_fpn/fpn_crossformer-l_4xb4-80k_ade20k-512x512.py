@@ -1,0 +1,9 @@
+# Semantic FPN with a CrossFormer-L backbone, 80k iterations, ADE20K 512x512 (as the
+# CrossFormer-S config; official recipe).
+_base_ = './fpn_crossformer-s_4xb4-80k_ade20k-512x512.py'
+
+pretrained = 'checkpoints/crossformer-l_in1k.pth'
+model = dict(
+    backbone=dict(arch='large', drop_path_rate=0.5,
+                  init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    neck=dict(in_channels=[128, 256, 512, 1024]))

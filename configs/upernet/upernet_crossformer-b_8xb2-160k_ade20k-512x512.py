@@ -1,0 +1,10 @@
+# UPerNet with a CrossFormer-B backbone, 160k iterations, ADE20K 512x512 (as the CrossFormer-S
+# config; official recipe).
+_base_ = './upernet_crossformer-s_8xb2-160k_ade20k-512x512.py'
+
+pretrained = 'checkpoints/crossformer-b_in1k.pth'
+model = dict(
+    backbone=dict(arch='base', drop_path_rate=0.3,
+                  init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    decode_head=dict(in_channels=[96, 192, 384, 768]),
+    auxiliary_head=dict(in_channels=384))
