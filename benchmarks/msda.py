@@ -11,10 +11,10 @@ value) and a small shape. Sampling locations follow a trained model's pattern: r
 (the query's own pixel centre in the encoder, uniform in the decoder) plus offsets of about two
 pixels (normal, per level); ``--uniform`` samples uniformly in [0, 1] instead (worst locality).
 
-Each (case, implementation, mode) runs in a fresh subprocess that reports the median time and the
-peak memory above its state right before the first call (growth of the peak RSS, VmHWM, reset
-through /proc/self/clear_refs, on the CPU;
-``torch.cuda.max_memory_allocated`` delta on the GPU). The floor comes from the cost model:
+Each (case, implementation, mode) runs in a fresh subprocess that reports the peak memory of its
+first call above its state right before it (growth of the peak RSS, VmHWM, reset through
+/proc/self/clear_refs, on the CPU; ``torch.cuda.max_memory_allocated`` growth on the GPU), then
+the median time of the next ``--repeat`` calls. The floor comes from the cost model:
 FLOPs at the measured fp32 matmul rate and the minimum bytes at the measured copy bandwidth;
 "x floor" is our time over the larger of the two.
 
@@ -175,10 +175,11 @@ def worker(case: str, impl: str, mode: str, device: str, repeat: int, uniform: b
     if mode == 'fwd+bwd':
         for i in (0, 3, 4):
             inputs[i].requires_grad_()
-        grad_out = None
+    value, loc = inputs[0], inputs[3]
+    grad_out = torch.randn(value.shape[0], loc.shape[1], value.shape[2] * value.shape[3],
+                           device=device)
 
     def run():
-        nonlocal grad_out
         if mode == 'fwd':
             with torch.no_grad():
                 out = op(*inputs)
@@ -186,31 +187,30 @@ def worker(case: str, impl: str, mode: str, device: str, repeat: int, uniform: b
             for i in (0, 3, 4):
                 inputs[i].grad = None
             out = op(*inputs)
-            if grad_out is None:
-                grad_out = torch.randn_like(out)
             out.backward(grad_out)
         if device == 'cuda':
             torch.cuda.synchronize()
         return out
 
+    # Peak memory of the first call, from a fresh process: later calls would also count what the
+    # allocator kept from earlier ones (glibc does not return every freed block).
     if device == 'cuda':
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
     else:
         base = _reset_peak_rss()
-    times = []
-    for i in range(repeat + 1):  # the first call is the warm-up
-        t = time.perf_counter()
-        out = run()
-        elapsed = time.perf_counter() - t
-        del out
-        if i:
-            times.append(elapsed)
+    run()
     if device == 'cuda':
         peak = torch.cuda.max_memory_allocated() - base
     else:
         peak = _status_bytes('VmHWM') - base
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = run()
+        times.append(time.perf_counter() - t)
+        del out
     return dict(time=statistics.median(times), peak=max(peak, 0), threads=torch.get_num_threads())
 
 
@@ -272,7 +272,8 @@ def bench_device(args, device: str) -> List[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES))
-    parser.add_argument('--repeat', type=int, default=3, help='timed calls after one warm-up')
+    parser.add_argument('--repeat', type=int, default=3,
+                        help='timed calls after the first (warm-up, memory) call')
     parser.add_argument('--uniform', action='store_true',
                         help='uniform sampling locations instead of reference + offsets')
     parser.add_argument('--worker', nargs=4, metavar=('CASE', 'IMPL', 'MODE', 'DEVICE'),

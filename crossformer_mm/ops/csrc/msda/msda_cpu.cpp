@@ -177,7 +177,7 @@ struct Args {
   const acc_t* attn;
   scalar_t* out;
   const scalar_t* grad_out;
-  acc_t* grad_value;  // opmath accumulation buffer, zero-filled
+  acc_t* grad_value;  // opmath accumulation buffer (each backward task zeroes its slice)
   acc_t* grad_loc;
   acc_t* grad_attn;
 };
@@ -228,6 +228,10 @@ MSDA_CLONES void backward_range(const Args<scalar_t, acc_t>& a, int64_t begin, i
   const int64_t LP = d.L * d.P;
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / d.NH, h = bh % d.NH;
+    // grad_value arrives uninitialised: the task zeroes its own slice (no extra parallel pass).
+    for (int64_t key = 0; key < d.S; ++key) {
+      std::fill_n(a.grad_value + (b * d.S + key) * row + h * d.D, d.D, acc_t(0));
+    }
     for (int64_t q = 0; q < d.Q; ++q) {
       const int64_t bqh = (b * d.Q + q) * d.NH + h;
       const scalar_t* go = a.grad_out + bqh * d.D;
@@ -398,10 +402,16 @@ std::vector<at::Tensor> ms_deform_attn_backward_cpu(const at::Tensor& value,
                   grad_output.size(1) == sampling_locations.size(1) &&
                   grad_output.size(2) == value.size(2) * value.size(3),
               "grad_output must be a contiguous (B, Q, NH * D) tensor of the value's dtype");
-  auto grad_value = at::zeros(value.sizes(), sampling_locations.options());
-  auto grad_loc = at::zeros_like(sampling_locations);
-  auto grad_attn = at::zeros_like(attention_weights);
-  if (grad_output.numel() > 0) {
+  // The kernel writes every element of the three (grad_value: each task zeroes its slice first;
+  // grad_loc/grad_attn: every sample is written, 0 for points outside), so no fill pass is needed.
+  auto grad_value = at::empty(value.sizes(), sampling_locations.options());
+  auto grad_loc = at::empty_like(sampling_locations);
+  auto grad_attn = at::empty_like(attention_weights);
+  if (grad_output.numel() == 0) {
+    grad_value.zero_();
+    grad_loc.zero_();
+    grad_attn.zero_();
+  } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, value.scalar_type(),
                                     "ms_deform_attn_backward_cpu", [&] {
                                       backward_impl<scalar_t>(
