@@ -1,0 +1,203 @@
+"""Deformable DETR: the package's detector against MMDetection's, on the CPU.
+
+Builds mmdet 3.3.0's ``DeformableDETR`` (mmcv's MSDA: grid_sample fallback on the CPU,
+``nn.MultiheadAttention``) and ``CFDeformableDETR`` (the package's MSDA kernel, SDPA) from the
+same config (the COCO R50 config: 6+6 layers, 256 dims, 300 queries), with the same weights, and
+times one training iteration (forward + losses + backward + AdamW step) and one inference on one
+image, then prints the ratios and the peak memory. The two implementations are timed in one
+process, alternating step by step, so that both see the same machine load; the peak resident
+memory of one step of each is read (``VmHWM``) in a fresh process.
+
+    python benchmarks/detectors.py [--size 512 853] [--variant plain|refine|twostage]
+                                   [--repeat 2] [--threads 1] [--modes train infer] [--no-memory]
+
+The default input is 512x853 (an 800x1333 image scaled by 0.64); ``--size 800 1333`` runs the
+full COCO size (slow on two cores).
+"""
+import argparse
+import copy
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+VARIANTS = {
+    'plain': dict(with_box_refine=False, as_two_stage=False),
+    'refine': dict(with_box_refine=True, as_two_stage=False),
+    'twostage': dict(with_box_refine=True, as_two_stage=True),
+}
+
+
+def model_cfg(variant: str, ours: bool) -> dict:
+    """The model of ``configs/deformable_detr/deformable-detr*_r50_16xb2-50e_coco.py``
+    (mmdet's config when ``ours`` is False), without the pretrained backbone download."""
+    from mmengine.config import Config
+    cfg = Config.fromfile(
+        os.path.join(ROOT, 'configs/deformable_detr/deformable-detr_r50_16xb2-50e_coco.py'))
+    model = copy.deepcopy(cfg.model.to_dict())
+    model['backbone']['init_cfg'] = None
+    model.update(VARIANTS[variant])
+    if not ours:
+        model['type'] = 'DeformableDETR'
+        model['bbox_head']['type'] = 'DeformableDETRHead'
+    return model
+
+
+def make_batch(h: int, w: int, num_gts: int = 8):
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmengine.structures import InstanceData
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randn(1, 3, h, w, generator=g)
+    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                         batch_input_shape=(h, w), pad_shape=(h, w),
+                                         scale_factor=(1., 1.)))
+    xy = torch.rand(num_gts, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+    wh = torch.rand(num_gts, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 8
+    gt = InstanceData()
+    gt.bboxes = torch.cat([xy, xy + wh], 1)
+    gt.labels = torch.randint(0, 80, (num_gts, ), generator=g)
+    sample.gt_instances = gt
+    return inputs, [sample]
+
+
+def build(impl: str, variant: str, weights: str):
+    import torch
+    import crossformer_mm  # noqa: F401  (registers the package's models)
+    from mmdet.registry import MODELS
+    model = MODELS.build(model_cfg(variant, ours=impl == 'ours'))
+    model.load_state_dict(torch.load(weights, weights_only=True), strict=True)
+    return model
+
+
+def make_step(model, mode: str, inputs, samples):
+    """One training iteration (losses, backward, AdamW step) or one inference."""
+    import torch
+    if mode == 'train':
+        model.train()
+        optim = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-6)
+
+        def step():
+            losses = model.loss(inputs, copy.deepcopy(samples))
+            loss = sum(v for k, v in losses.items() if 'loss' in k)
+            optim.zero_grad()
+            loss.backward()
+            optim.step()
+    else:
+        model.eval()
+
+        def step():
+            with torch.no_grad():
+                model.predict(inputs, copy.deepcopy(samples))
+    return step
+
+
+def _status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process in MB. ``VmHWM`` (the peak) belongs to the process
+    image: unlike ``getrusage``'s ``ru_maxrss`` it does not inherit the parent's peak across
+    fork and exec."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f'{field} not in /proc/self/status')
+
+
+def memory_worker(impl: str, mode: str, variant: str, h: int, w: int, threads: int,
+                  weights: str) -> Dict[str, float]:
+    """Peak resident memory of one step in a fresh process (``VmHWM``)."""
+    import torch
+    torch.set_num_threads(threads)
+    model = build(impl, variant, weights)
+    step = make_step(model, mode, *make_batch(h, w))
+    base = _status_mb('VmRSS')
+    step()
+    peak = _status_mb('VmHWM')
+    return dict(peak_rss_mb=peak, peak_over_model_mb=peak - base)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--size', type=int, nargs=2, default=(512, 853), metavar=('H', 'W'))
+    parser.add_argument('--variant', choices=list(VARIANTS), default='plain')
+    parser.add_argument('--repeat', type=int, default=2, help='timed steps per implementation')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='intra-op threads (1: stable timings on a shared machine)')
+    parser.add_argument('--modes', nargs='+', choices=['train', 'infer'],
+                        default=['train', 'infer'])
+    parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs')
+    parser.add_argument('--worker', nargs=3, metavar=('IMPL', 'MODE', 'WEIGHTS'),
+                        help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    h, w = args.size
+    if args.worker:
+        impl, mode, weights = args.worker
+        print(json.dumps(memory_worker(impl, mode, args.variant, h, w, args.threads, weights)))
+        return
+
+    import torch
+    torch.set_num_threads(args.threads)
+    import crossformer_mm  # noqa: F401
+    from mmdet.registry import MODELS
+    from mmengine.logging import MMLogger
+    torch.manual_seed(0)
+    ref = MODELS.build(model_cfg(args.variant, ours=False))
+    MMLogger.get_current_instance().setLevel('WARNING')  # init_weights logs every parameter
+    ref.init_weights()
+    times: Dict[str, Dict[str, List[float]]] = {}
+    memory: Dict[str, Dict[str, Dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = os.path.join(tmp, 'weights.pth')
+        torch.save(ref.state_dict(), weights)
+        del ref
+        models = {impl: build(impl, args.variant, weights) for impl in ('mmdet', 'ours')}
+        inputs, samples = make_batch(h, w)
+        for mode in args.modes:
+            steps = {impl: make_step(m, mode, inputs, samples) for impl, m in models.items()}
+            for impl, step in steps.items():
+                step()  # warm-up
+            # alternate the two implementations so that both see the same machine load
+            for _ in range(args.repeat):
+                for impl, step in steps.items():
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    step()
+                    times.setdefault(mode, {}).setdefault(impl, []).append(
+                        (time.perf_counter() - t0, time.process_time() - c0))
+            print(mode, {k: [(round(t, 2), round(c, 2)) for t, c in v]
+                         for k, v in times[mode].items()}, '(wall s, CPU s)', flush=True)
+        del models
+        if not args.no_memory:
+            for mode in args.modes:
+                for impl in ('mmdet', 'ours'):
+                    cmd = [sys.executable, os.path.abspath(__file__), '--size', str(h), str(w),
+                           '--variant', args.variant, '--threads', str(args.threads),
+                           '--worker', impl, mode, weights]
+                    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                    memory.setdefault(mode, {})[impl] = json.loads(out.strip().splitlines()[-1])
+
+    print(f'\nDeformable DETR R50 ({args.variant}), 1 image {h}x{w}, {args.threads} threads, '
+          f'torch {torch.__version__}; best of {args.repeat} alternating timed steps after a '
+          'warm-up; peak RSS of one step in a fresh process\n')
+    print('| step | mmdet 3.3.0 + mmcv: wall / CPU (s) | crossformer_mm: wall / CPU (s) | '
+          'speed-up wall / CPU | peak RSS mmdet / ours (MB) |')
+    print('|---|---|---|---|---|')
+    for mode, t in times.items():
+        mw, mc = min(x[0] for x in t['mmdet']), min(x[1] for x in t['mmdet'])
+        ow, oc = min(x[0] for x in t['ours']), min(x[1] for x in t['ours'])
+        mem = memory.get(mode)
+        mem_str = (f'{mem["mmdet"]["peak_rss_mb"]:.0f} / {mem["ours"]["peak_rss_mb"]:.0f}'
+                   if mem else 'not measured')
+        name = 'training iteration' if mode == 'train' else 'inference'
+        print(f'| {name} | {mw:.2f} / {mc:.2f} | {ow:.2f} / {oc:.2f} | {mw / ow:.2f}x / '
+              f'{mc / oc:.2f}x | {mem_str} |')
+
+
+if __name__ == '__main__':
+    main()
