@@ -245,6 +245,7 @@ def bench_device(args, device: str) -> List[str]:
         f'{rates["bandwidth"] / 1e9:.1f} GB/s',
         'locations: ' + ('uniform in [0, 1]' if args.uniform else
                          'reference point + N(0, 2 px) offsets'),
+        'load average before: ' + ' '.join(f'{x:.1f}' for x in os.getloadavg()),
     ]
     for case in args.cases:
         flops, nbytes = cost_model(case)
@@ -266,6 +267,7 @@ def bench_device(args, device: str) -> List[str]:
                 f'{fmt_time(floor)} | {ours["time"] / floor:6.1f}x | {fmt_mem(ours["peak"])} | '
                 f'{fmt_mem(theirs["peak"])} | {mem_ratio:8.1f}x |')
             print(lines[-1], flush=True)
+    lines.append('load average after: ' + ' '.join(f'{x:.1f}' for x in os.getloadavg()))
     return lines
 
 

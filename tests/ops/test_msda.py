@@ -213,6 +213,15 @@ def test_zero_queries():
     assert loc.grad.shape == loc.shape
 
 
+def test_zero_batch():
+    value, shapes, starts, loc, attn = make_inputs(bs=0)
+    value.requires_grad_()
+    out = ms_deform_attn(value, shapes, starts, loc, attn)
+    assert out.shape == (0, 5, 16)
+    out.sum().backward()
+    assert value.grad.shape == value.shape
+
+
 def test_non_contiguous_inputs():
     value, shapes, starts, loc, attn = make_inputs(dtype=torch.float64, num_heads=3)
     expected = ms_deform_attn_pytorch(value, shapes, starts, loc, attn)
