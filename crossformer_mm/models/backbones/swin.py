@@ -104,11 +104,12 @@ class SwinBlock(nn.Module):
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, H, W, C)`` → ``(B, H, W, C)``.
+    def attention(self, x: Tensor) -> Tensor:
+        """The attention branch ``(B, H, W, C)`` → ``(B, H, W, C)`` (before drop path).
 
-        Padding, the cyclic shift and the window partition are one gather (and one back),
-        with indices cached per map size; the function is the one of pad → roll → partition.
+        Padding, the cyclic shift and the window partition are one gather (and one back), with
+        indices cached per map size; the function is the one of pad → roll → partition. Kept in
+        its own method so that its temporaries are freed before the MLP runs.
         """
         b, h, w, c = x.shape
         ws, s = self.window_size, self.shift_size
@@ -117,10 +118,14 @@ class SwinBlock(nn.Module):
         if hp != h or wp != w:  # a zero row at index h·w stands for the padding
             tokens = F.pad(tokens, (0, 0, 0, 1))
         windows = tokens.index_select(1, fwd).view(-1, ws * ws, c)
+        del tokens
         mask = shifted_window_mask((hp, wp), ws, s, x.device) if s else None
         windows = self.attn.forward_windows(windows, mask)
-        attn = windows.view(b, -1, c).index_select(1, inv).view(b, h, w, c)
-        x = x + self.drop_path(attn)
+        return windows.view(b, -1, c).index_select(1, inv).view(b, h, w, c)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, H, W, C)`` → ``(B, H, W, C)``."""
+        x = x + self.drop_path(self.attention(x))
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def extra_repr(self) -> str:
