@@ -9,9 +9,9 @@ numbers compare with the papers' and MMDetection's ``get_flops``), plus two hand
 * fused attention, ``aten::scaled_dot_product_attention`` (the package's SDPA path):
   ``batch·L·S·(E + Ev)`` multiply-adds for ``q·kᵀ`` and ``attn·v``, the same as the explicit path's
   two matmuls (:func:`crossformer_mm.models.layers.flops.sdpa_flop_jit`);
-* multi-scale deformable attention, the package's ``MSDeformAttnFunction``: the cost model of
-  ``docs/ops.md`` — per query, head channel, level and point, four bilinear-corner multiply-adds and
-  one attention-weight multiply-add, ``5·B·Q·C·L·P`` (``10·B·Q·C·L·P`` FLOPs counting add and
+* multi-scale deformable attention, the package's ``MSDeformAttnFunction``: per query, head
+  channel, level and point, four bilinear-corner multiply-adds and one attention-weight
+  multiply-add, ``5·B·Q·C·L·P`` (``10·B·Q·C·L·P`` FLOPs counting add and
   multiply separately). mmcv's CPU fallback (``grid_sample``) is counted by mmengine's own
   ``grid_sampler`` handle (four corner multiply-adds per output element; its attention-weight
   product is an elementwise op, which the analyzer never counts).
