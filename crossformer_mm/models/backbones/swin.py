@@ -40,8 +40,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, DropPath, Mlp, PatchMerging,
                                           RelativePositionBias, resize_rel_pos_bias_table,
-                                          shifted_window_mask)
-from crossformer_mm.models.layers.window import window_gather_index
+                                          shifted_window_mask, window_gather_index)
 from crossformer_mm.registry import register_model
 
 

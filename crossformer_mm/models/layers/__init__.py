@@ -15,8 +15,9 @@ Stable API (used by CrossFormer, Swin and ViT):
   :func:`padding_mask_groups`.
 * :class:`Mlp`, :class:`DropPath`, :func:`drop_path`, :func:`to_2tuple`.
 * :func:`add_sdpa_handle` / :func:`sdpa_flop_jit`: count fused attention in mmengine's FlopAnalyzer.
-* :class:`PatchMerging` (Swin: space-to-depth, norm over 4C, linear), :func:`shifted_window_mask`
-  (Swin's shifted windows), :func:`resize_abs_pos_embed`, :func:`resize_rel_pos_bias_table`,
+* :class:`PatchMerging` (Swin: space-to-depth, norm over 4C, linear), :func:`shifted_window_mask`,
+  :func:`window_gather_index` (Swin's shifted windows), :func:`resize_abs_pos_embed`,
+  :func:`resize_rel_pos_bias_table`,
   :func:`get_rel_pos` / :func:`decomposed_rel_pos_bias` (ViTDet).
 """
 from .attention import Attention, build_attn_mask, mask_value
@@ -31,7 +32,7 @@ from .pos_bias import (DynamicPosBias, RelativePositionBias, relative_offsets,
                        relative_position_index)
 from .pos_embed import (decomposed_rel_pos_bias, get_rel_pos, resize_abs_pos_embed,
                         resize_rel_pos_bias_table)
-from .window import shifted_window_mask
+from .window import shifted_window_mask, window_gather_index
 
 __all__ = [
     'Attention', 'build_attn_mask', 'mask_value', 'DropPath', 'drop_path', 'CrossScaleEmbed',
@@ -39,6 +40,6 @@ __all__ = [
     'pad_amount', 'pad_to_multiple', 'padding_mask_groups', 'to_2tuple', 'window_partition',
     'window_reverse', 'DynamicPosBias', 'RelativePositionBias', 'relative_offsets',
     'relative_position_index', 'PatchMerging', 'shifted_window_mask', 'resize_abs_pos_embed',
-    'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias', 'SDPA_OP',
-    'add_sdpa_handle', 'sdpa_flop_jit'
+    'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias', 'window_gather_index',
+    'SDPA_OP', 'add_sdpa_handle', 'sdpa_flop_jit'
 ]

@@ -80,7 +80,7 @@ def resize_rel_pos_bias_table(table: Tensor, new_window: Tuple[int, int],
 
 
 def get_rel_pos(q_size: int, k_size: int, rel_pos: Tensor) -> Tensor:
-    """Relative-position embeddings ``(q_size, k_size, C)`` for every (query, key) pair along one axis.
+    """Relative-position embeddings ``(q_size, k_size, C)`` of every (query, key) pair on one axis.
 
     ``rel_pos`` ``(L, C)`` is linearly resized to ``2·max(q_size, k_size) − 1`` rows if needed
     (ViTDet's behaviour for another window or input size).
