@@ -84,24 +84,26 @@ def load_local_checkpoint(filename: str, map_location: Union[str, torch.device, 
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f'checkpoint {filename!r} does not exist (or is not a file)')
+    if not _is_torch_file(filename):
+        raise CheckpointLoadError(f'{filename!r} is not a PyTorch checkpoint (neither a zip '
+                                  'archive nor a pickle)')
     try:
         return torch.load(filename, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
-        # Raised by the weights-only unpickler for a global it does not allow, and by torch for a
-        # file that is not a pickle/zip at all (e.g. "invalid load key").
-        if not _is_torch_file(filename):
+        # The weights-only unpickler refuses a global it does not allow.
+        if 'Unsupported global' not in str(err) and 'weights_only' not in str(err):
             raise CheckpointLoadError(
-                f'{filename!r} is not a PyTorch checkpoint ({_short(err)})') from None
+                f'{filename!r} is not a readable PyTorch checkpoint ({_short(err)})') from None
         if not is_trusted(filename):
             raise CheckpointLoadError(
                 f'{filename!r} holds Python objects beyond tensors ({_short(err)}) and was not '
                 'written by a training run on this machine, so it is not unpickled. If you trust '
                 'it, run `python tools/misc/trust_checkpoint.py FILE` or list it in '
                 'CFM_TRUSTED_CHECKPOINTS (paths separated by ":").') from None
-        return torch.load(filename, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as err:
+    except Exception as err:  # truncated zip, corrupt pickle stream, ...
         raise CheckpointLoadError(
             f'{filename!r} is not a readable PyTorch checkpoint ({_short(err)})') from None
+    return torch.load(filename, map_location=map_location, weights_only=False)
 
 
 def _is_torch_file(path: str) -> bool:
