@@ -215,3 +215,33 @@ def assert_grads_close(ours: torch.nn.Module, ref: torch.nn.Module, rtol: float 
         assert diff <= bound, (name, diff, bound)
         checked += 1
     return checked
+
+
+def assert_predictions_match(ref_samples, our_samples, box_atol: float = 1e-3,
+                             score_atol: float = 1e-5) -> None:
+    """Post-processed detections agree: the same number per image, and each of ours has a
+    counterpart in mmdet's with the same label, a score within ``score_atol`` and a box within
+    ``box_atol`` px. Matched greedily, so queries whose scores tie up to rounding may come out
+    of the top-k in either order."""
+    for rs, os_ in zip(ref_samples, our_samples):
+        rp, op = rs.pred_instances, os_.pred_instances
+        assert len(rp) == len(op) > 0
+        free = torch.ones(len(rp), dtype=torch.bool)
+        for i in range(len(op)):
+            ok = free & (rp.labels == op.labels[i]) & \
+                ((rp.scores - op.scores[i]).abs() <= score_atol)
+            assert ok.any(), f'no counterpart for detection {i}'
+            dist = (rp.bboxes - op.bboxes[i]).abs().max(1).values.masked_fill(~ok, float('inf'))
+            j = int(dist.argmin())
+            assert dist[j] <= box_atol, (i, float(dist[j]))
+            free[j] = False
+
+
+def assert_raw_outputs_match(ref, ours, inputs, samples, atol: float = 1e-5) -> None:
+    """The head's raw outputs for every query and decoder layer (class logits, normalised
+    boxes) agree, before any top-k."""
+    with torch.no_grad():
+        r = ref._forward(inputs, copy.deepcopy(samples))
+        o = ours._forward(inputs, copy.deepcopy(samples))
+    for a, b in zip(r, o):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=atol)

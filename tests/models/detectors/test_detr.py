@@ -5,8 +5,9 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from _detr_parity_utils import (assert_grads_close, build_pair, detr_cfg, make_batch, preprocess, rel_diff, to_ours,
-                                total_loss)
+from _detr_parity_utils import (assert_grads_close, assert_predictions_match,
+                                assert_raw_outputs_match, build_pair, detr_cfg, make_batch,
+                                preprocess, rel_diff, to_ours, total_loss)
 from mmcv.cnn.bricks.transformer import MultiheadAttention
 from mmdet.registry import MODELS
 
@@ -59,15 +60,11 @@ def test_predictions_match(pair):
     inputs, samples = preprocess(ref, *make_batch())
     ref.eval()
     ours.eval()
+    assert_raw_outputs_match(ref, ours, inputs, samples)
     with torch.no_grad():
         r = ref.predict(inputs, copy.deepcopy(samples))
         o = ours.predict(inputs, copy.deepcopy(samples))
-    for rs, os_ in zip(r, o):
-        rp, op = rs.pred_instances, os_.pred_instances
-        assert len(rp) == len(op) > 0
-        assert torch.equal(rp.labels, op.labels)
-        assert (rp.bboxes - op.bboxes).abs().max() <= 1e-3
-        assert (rp.scores - op.scores).abs().max() <= 1e-5
+    assert_predictions_match(r, o)
 
 
 @pytest.mark.parametrize('num_gts', [(3, 2), (0, 2)])
