@@ -2,7 +2,8 @@
 # 5 classes; `python tools/make_demo_data.py`). A small model trained from scratch on two CPU
 # cores: ResNet-18 layout at half width (32 base channels, random init), 3+3 layers, 128 dims,
 # 100 queries. Train (on a busy 2-core machine one intra-op thread is much faster than two):
-#   OMP_NUM_THREADS=1 python tools/train.py configs/demo/deformable-detr-refine-twostage_r18-c32_demo-coco.py
+#   OMP_NUM_THREADS=1 python tools/train.py \
+#       configs/demo/deformable-detr-refine-twostage_r18-c32_demo-coco.py
 _base_ = ['mmdet::_base_/default_runtime.py', './_base_/demo-coco_detection.py']
 
 custom_imports = dict(imports=['crossformer_mm'], allow_failed_imports=False)

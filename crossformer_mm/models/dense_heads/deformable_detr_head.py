@@ -2,9 +2,9 @@
 
 `Deformable DETR <https://arxiv.org/abs/2010.04159>`_. MMDetection 3.3.0's ``DeformableDETRHead``
 (``mmdet/models/dense_heads/deformable_detr_head.py``) unchanged but for argument checks: same
-arguments, branches (``cls_branches``/``reg_branches``), losses and state dict. ``share_pred_layer``,
-``num_pred_layer`` and ``as_two_stage`` are set by the detector from ``with_box_refine``,
-``as_two_stage`` and the decoder depth.
+arguments, branches (``cls_branches``/``reg_branches``), losses and state dict.
+``share_pred_layer``, ``num_pred_layer`` and ``as_two_stage`` are set by the detector from
+``with_box_refine``, ``as_two_stage`` and the decoder depth.
 """
 from mmdet.models.dense_heads import DeformableDETRHead
 

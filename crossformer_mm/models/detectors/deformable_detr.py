@@ -19,7 +19,8 @@ from torch.nn.init import normal_
 
 from crossformer_mm.ops import MSDeformAttn
 from crossformer_mm.registry import MMDET_MODELS, register_model
-from ..layers.detr_layers import CFDeformableDetrTransformerDecoder, CFDeformableDetrTransformerEncoder
+from ..layers.detr_layers import (CFDeformableDetrTransformerDecoder,
+                                  CFDeformableDetrTransformerEncoder)
 from .utils import (check_backbone_neck, check_levels, check_neck_inputs, check_positive_int,
                     check_required)
 

@@ -112,8 +112,9 @@ def check_backbone_neck(detector: str, backbone: nn.Module, neck: Optional[nn.Mo
     in_channels = neck_in_channels(neck)
     if bb_channels is not None and in_channels is not None and bb_channels != in_channels:
         raise ValueError(f'{detector}: neck.in_channels={in_channels} does not match the '
-                         f'backbone output channels {bb_channels} (backbone {type(backbone).__name__}'
-                         f', out_indices={getattr(backbone, "out_indices", None)}); set '
+                         f'backbone output channels {bb_channels} (backbone '
+                         f'{type(backbone).__name__}, out_indices='
+                         f'{getattr(backbone, "out_indices", None)}); set '
                          f'neck.in_channels={bb_channels}')
     out_channels = neck_out_channels(neck)
     if out_channels is not None and out_channels != embed_dims:
