@@ -14,6 +14,9 @@ BACKBONES = {
     'CFSwinTransformer': dict(type='CFSwinTransformer', arch=dict(TINY), window_size=4,
                               drop_path_rate=0.),
 }
+# ViT: one stride-16 map for DETR; the simple feature pyramid (strides 8/16/32) for Deformable
+VIT = dict(type='CFVisionTransformer', arch=dict(embed_dim=32, depth=2, num_heads=2),
+           img_size=64, patch_size=16)
 
 
 def _available(name):
@@ -55,6 +58,29 @@ def test_detr_with_backbone(name):
     cfg = to_ours(detr_cfg())
     cfg['backbone'] = dict(BACKBONES[name], out_indices=(3, ))
     cfg['neck']['in_channels'] = [128]
+    _train_and_predict(cfg)
+
+
+def _neck_in_channels(backbone_cfg):
+    return list(MODELS.build(dict(backbone_cfg)).out_channels)
+
+
+def test_deformable_detr_with_vit():
+    if not _available('CFVisionTransformer'):
+        pytest.skip('CFVisionTransformer is not registered')
+    cfg = to_ours(deformable_detr_cfg())
+    cfg['backbone'] = dict(VIT, out_type='pyramid', pyramid_scales=(2.0, 1.0, 0.5))
+    cfg['neck']['in_channels'] = _neck_in_channels(cfg['backbone'])
+    assert len(cfg['neck']['in_channels']) == 3
+    _train_and_predict(cfg)
+
+
+def test_detr_with_vit():
+    if not _available('CFVisionTransformer'):
+        pytest.skip('CFVisionTransformer is not registered')
+    cfg = to_ours(detr_cfg())
+    cfg['backbone'] = dict(VIT, out_type='featmap', out_indices=-1)
+    cfg['neck']['in_channels'] = [32]
     _train_and_predict(cfg)
 
 
