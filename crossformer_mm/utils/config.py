@@ -23,6 +23,10 @@ SCOPE_REGISTRY_MODULES = {
     'mmengine': 'mmengine.registry',
 }
 
+#: Config keys whose ``type`` names an mmcv op looked up by attribute, not a registered class:
+#: ``nms=dict(type='nms' | 'soft_nms')``, ``roi_layer=dict(type='RoIAlign' | 'RoIPool')``.
+NON_REGISTRY_KEYS = ('nms', 'roi_layer')
+
 DEMO_HINT = ('generate the demo data with `python tools/make_demo_data.py` '
              '(writes data/demo_coco and data/demo_ade)')
 
@@ -47,8 +51,7 @@ def load_config(path: str) -> Config:
 def _walk_types(node: Any, path: str) -> Iterator[Tuple[str, str]]:
     if isinstance(node, dict):
         t = node.get('type')
-        # `nms=dict(type='nms' | 'soft_nms')` names an mmcv function, not a registered class.
-        if isinstance(t, str) and not path.endswith('nms'):
+        if isinstance(t, str) and not path.endswith(NON_REGISTRY_KEYS):
             yield path, t
         for key, value in node.items():
             yield from _walk_types(value, f'{path}.{key}' if path else str(key))

@@ -50,3 +50,10 @@ def test_missing_checkpoint(tmp_path):
         check_checkpoint_path(str(tmp_path / 'x.pth'))
     check_checkpoint_path(None)
     check_checkpoint_path('https://example.org/x.pth')
+
+
+def test_mmcv_op_names_are_not_registry_types():
+    check_types(Config(dict(default_scope='mmdet', model=dict(
+        type='MaskRCNN', roi_head=dict(bbox_roi_extractor=dict(
+            type='SingleRoIExtractor', roi_layer=dict(type='RoIAlign', output_size=7))),
+        test_cfg=dict(rpn=dict(nms=dict(type='nms')))))))
