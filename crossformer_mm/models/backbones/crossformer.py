@@ -27,15 +27,15 @@ from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Se
 
 import torch
 import torch.utils.checkpoint as cp
-from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, CrossScalePatchMerging,
                                           DropPath, DynamicPosBias, Mlp, group_partition,
                                           group_reverse, pad_to_multiple, padding_mask_groups)
 from crossformer_mm.registry import register_model
+
+from .base import (BackboneBase, load_checked_state_dict, read_weights_file, strip_prefix,
+                   unwrap_checkpoint)
 
 LDA_MODES = ('crossformer', 'main')
 
@@ -250,7 +250,7 @@ def _arch(embed_dim: int, depths: Tuple[int, ...], num_heads: Tuple[int, ...],
 
 
 @register_model()
-class CrossFormer(BaseModule):
+class CrossFormer(BackboneBase):
     """CrossFormer / CrossFormer++ backbone (one class for classification, detection, segmentation).
 
     Args:
@@ -300,6 +300,9 @@ class CrossFormer(BaseModule):
     arch_aliases: Dict[str, str] = {'t': 'tiny', 's': 'small', 'b': 'base', 'l': 'large',
                                     'pp-s': 'pp-small', 'pp-b': 'pp-base', 'pp-l': 'pp-large',
                                     'pp-h': 'pp-huge'}
+    arch_required = frozenset({'embed_dim', 'depths', 'num_heads'})
+    arch_optional = frozenset({'group_size', 'interval', 'use_acl', 'lda_mode',
+                               'drop_path_rate'})
 
     def __init__(self, arch: Union[str, Mapping[str, Any]] = 'small', in_channels: int = 3,
                  patch_kernels: Sequence[int] = (4, 8, 16, 32),
@@ -390,78 +393,16 @@ class CrossFormer(BaseModule):
         self._freeze_stages()
 
     # ---------------------------------------------------------------- construction helpers
-    @classmethod
-    def _resolve_arch(cls, arch: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
-        if isinstance(arch, str):
-            name = cls.arch_aliases.get(arch.lower(), arch.lower())
-            if name not in cls.arch_zoo:
-                valid = sorted(cls.arch_zoo) + sorted(cls.arch_aliases)
-                raise ValueError(f'unknown arch {arch!r}; valid: {valid} or a dict')
-            return dict(cls.arch_zoo[name])
-        if not isinstance(arch, Mapping):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-        required = {'embed_dim', 'depths', 'num_heads'}
-        allowed = required | {'group_size', 'interval', 'use_acl', 'lda_mode', 'drop_path_rate'}
-        missing, unknown = required - set(arch), set(arch) - allowed
-        if missing or unknown:
-            raise ValueError(f'custom arch needs keys {sorted(required)} and may have '
-                             f'{sorted(allowed - required)}; missing {sorted(missing)}, '
-                             f'unknown {sorted(unknown)}')
-        return dict(arch)
-
     @staticmethod
     def _check_len(name: str, value: Sequence[Any], n: int) -> None:
         if len(value) != n:
             raise ValueError(f'{name} must have one entry per stage ({n}), got {tuple(value)}')
 
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen: List[nn.Module] = [self.patch_embed, self.pos_drop]
-        frozen += list(self.layers[:self.frozen_stages])
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
+    def _frozen_modules(self) -> List[nn.Module]:
+        return [self.patch_embed, self.pos_drop, *self.layers[:self.frozen_stages]]
 
-    def train(self, mode: bool = True) -> 'CrossFormer':
-        """Set train mode, keeping frozen stages (and BatchNorms if ``norm_eval``) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
-
-    def set_fused_attn(self, fused: bool) -> None:
-        """Switch every attention between SDPA (True) and the explicit path (False)."""
-        for m in self.modules():
-            if isinstance(m, Attention):
-                m.fused = fused
-
-    # ---------------------------------------------------------------- weights
-    @staticmethod
-    def _init_module(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def init_weights(self) -> None:
-        """Official init (trunc-normal Linear, unit LayerNorm), or load ``Pretrained`` weights."""
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            if 'checkpoint' not in cfg:
-                raise KeyError("init_cfg of type 'Pretrained' needs a 'checkpoint' entry")
-            load_crossformer_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
-            self._is_init = True
-            return
-        self.apply(self._init_module)
-        super().init_weights()
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
+        load_crossformer_checkpoint(self, checkpoint, prefix=prefix)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
@@ -505,13 +446,7 @@ def convert_crossformer_checkpoint(checkpoint: Mapping[str, Any]) -> 'OrderedDic
     detector / segmentor checkpoints (prefix stripped), and drops the position-index buffers
     (``attn.biases``, ``attn.relative_position_index``) that the model rebuilds itself.
     """
-    sd = checkpoint
-    for key in ('state_dict', 'model'):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-            break
-    if not isinstance(sd, Mapping):
-        raise TypeError(f'expected a state dict or a checkpoint dict, got {type(sd).__name__}')
+    sd = unwrap_checkpoint(checkpoint)
     out: 'OrderedDict[str, Tensor]' = OrderedDict()
     has_backbone = any(k.startswith(('backbone.', 'module.backbone.')) for k in sd)
     for k, v in sd.items():
@@ -527,17 +462,6 @@ def convert_crossformer_checkpoint(checkpoint: Mapping[str, Any]) -> 'OrderedDic
             continue
         out[k] = v
     return out
-
-
-def _load_file(path: str) -> Any:
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # an official file with pickled config objects
-        raise RuntimeError(f'{path} is not a plain weights file ({err.__class__.__name__}); '
-                           f'convert it first with tools/model_converters/crossformer_to_mm.py '
-                           f'--unsafe-pickle (only for files you trust)') from err
 
 
 def load_crossformer_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping[str, Any]],
@@ -567,40 +491,13 @@ def load_crossformer_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping
         KeyError: with ``strict`` and missing / unexpected keys.
     """
     src = checkpoint if isinstance(checkpoint, str) else '<dict>'
-    ckpt = _load_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    ckpt = (read_weights_file(checkpoint, 'crossformer_to_mm') if isinstance(checkpoint, str)
+            else checkpoint)
     sd = convert_crossformer_checkpoint(ckpt)
     if prefix:
-        sd = OrderedDict((k[len(prefix):], v) for k, v in sd.items() if k.startswith(prefix))
-    own = model.state_dict()
-    for k, v in own.items():
-        if k in sd and sd[k].shape != v.shape:
-            raise ValueError(f'checkpoint {src}: key {k!r} has shape {tuple(sd[k].shape)} but '
-                             f'the model expects {tuple(v.shape)} (a checkpoint of another '
-                             f'variant or configuration?)')
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    structural = ('patch_embed.', 'layers.')
-    if strict_structure:
-        extra = [k for k in unexpected if k.startswith(structural)]
-        lacking = [k for k in missing if k.startswith(structural)]
-        if extra or lacking:
-            first = (f'key {extra[0]!r} is in the checkpoint but not in the model' if extra else
-                     f'model key {lacking[0]!r} is not in the checkpoint')
-            raise ValueError(f'checkpoint {src} does not match the model: {first} '
-                             f'({len(extra)} such extra and {len(lacking)} such missing keys; a '
-                             f'checkpoint of another variant?)')
-    model.load_state_dict(sd, strict=False)
-    print_log(f'loaded {len(sd) - len(unexpected)} tensors from {src} into '
-              f'{type(model).__name__}', logger=logger)
-    for k in missing:
-        print_log(f'missing key in checkpoint {src}: {k}', logger=logger, level=logging.WARNING)
-    for k in unexpected:
-        print_log(f'unexpected key in checkpoint {src}: {k}', logger=logger,
-                  level=logging.WARNING)
-    if strict and (missing or unexpected):
-        raise KeyError(f'checkpoint {src}: {len(missing)} missing keys (first: '
-                       f'{missing[:1]}), {len(unexpected)} unexpected (first: {unexpected[:1]})')
-    return missing, unexpected
+        sd = strip_prefix(sd, prefix)
+    return load_checked_state_dict(model, sd, src, ('patch_embed.', 'layers.'), strict=strict,
+                                   strict_structure=strict_structure, logger=logger)
 
 
 __all__ = ['CrossFormer', 'CrossFormerBlock', 'CrossFormerStage', 'CrossFormerAttention',
