@@ -168,8 +168,8 @@ def read_weights_file(path: str, converter: str) -> Any:
 def load_checked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], src: str,
                             structural: Sequence[str], strict: bool = False,
                             strict_structure: bool = True,
-                            logger: Union[str, logging.Logger] = 'current'
-                            ) -> Tuple[List[str], List[str]]:
+                            logger: Union[str, logging.Logger] = 'current',
+                            optional: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
     """Load ``state_dict`` into ``model`` non-strictly, but refuse what cannot be right.
 
     Args:
@@ -182,6 +182,8 @@ def load_checked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], 
         strict: Raise if any key is missing or unexpected.
         strict_structure: See ``structural``.
         logger: mmengine logger name or logger.
+        optional: Key suffixes of model entries that may be missing under ``structural`` (their
+            initialisation is kept), e.g. relative-position tables a plain checkpoint lacks.
 
     Returns:
         ``(missing_keys, unexpected_keys)``.
@@ -202,7 +204,8 @@ def load_checked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], 
     if strict_structure:
         prefixes = tuple(structural)
         extra = [k for k in unexpected if k.startswith(prefixes)]
-        lacking = [k for k in missing if k.startswith(prefixes)]
+        lacking = [k for k in missing
+                   if k.startswith(prefixes) and not k.endswith(tuple(optional))]
         if extra or lacking:
             first = (f'key {extra[0]!r} is in the checkpoint but not in the model' if extra else
                      f'model key {lacking[0]!r} is not in the checkpoint')

@@ -34,14 +34,15 @@ import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, DropPath, Mlp, PatchMerging,
                                           RelativePositionBias, resize_rel_pos_bias_table,
                                           shifted_window_mask, window_gather_index)
 from crossformer_mm.registry import register_model
+
+from .base import (BackboneBase, load_checked_state_dict, read_weights_file, strip_prefix,
+                   unwrap_checkpoint)
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class SwinStage(nn.Module):
 # Model
 # --------------------------------------------------------------------------------------------
 @register_model()
-class CFSwinTransformer(BaseModule):
+class CFSwinTransformer(BackboneBase):
     """Swin Transformer backbone (one class for classification, detection and segmentation).
 
     Args:
@@ -210,6 +211,8 @@ class CFSwinTransformer(BaseModule):
                       drop_path_rate=0.5),
     }
     arch_aliases: Dict[str, str] = {'t': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
+    arch_required = frozenset({'embed_dim', 'depths', 'num_heads'})
+    arch_optional = frozenset({'drop_path_rate'})
 
     def __init__(self, arch: Union[str, Mapping[str, Any]] = 'tiny', in_channels: int = 3,
                  patch_size: int = 4, window_size: int = 7, mlp_ratio: float = 4.0,
@@ -272,78 +275,21 @@ class CFSwinTransformer(BaseModule):
         self._freeze_stages()
 
     # ---------------------------------------------------------------- construction helpers
-    @classmethod
-    def _resolve_arch(cls, arch: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
-        if isinstance(arch, str):
-            name = cls.arch_aliases.get(arch.lower(), arch.lower())
-            if name not in cls.arch_zoo:
-                valid = sorted(cls.arch_zoo) + sorted(cls.arch_aliases)
-                raise ValueError(f'unknown arch {arch!r}; valid: {valid} or a dict')
-            return dict(cls.arch_zoo[name])
-        if not isinstance(arch, Mapping):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-        required = {'embed_dim', 'depths', 'num_heads'}
-        allowed = required | {'drop_path_rate'}
-        missing, unknown = required - set(arch), set(arch) - allowed
-        if missing or unknown:
-            raise ValueError(f'custom arch needs keys {sorted(required)} and may have '
-                             f'{sorted(allowed - required)}; missing {sorted(missing)}, '
-                             f'unknown {sorted(unknown)}')
-        return dict(arch)
-
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
+    def _frozen_modules(self) -> List[nn.Module]:
         frozen: List[nn.Module] = [self.patch_embed, self.pos_drop]
         for i in range(self.frozen_stages):
             frozen.append(self.layers[i])
             if self.out_norms and i in self.out_indices:
                 frozen.append(getattr(self, f'norm{i}'))
-        for m in frozen:
-            m.eval()
-            for p in m.parameters():
-                p.requires_grad = False
+        return frozen
 
-    def train(self, mode: bool = True) -> 'CFSwinTransformer':
-        """Set train mode, keeping frozen stages (and BatchNorms if ``norm_eval``) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
-
-    def set_fused_attn(self, fused: bool) -> None:
-        """Switch every attention between SDPA (True) and the explicit path (False)."""
+    def _init_extra(self) -> None:
         for m in self.modules():
-            if isinstance(m, Attention):
-                m.fused = fused
+            if isinstance(m, RelativePositionBias):
+                nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
-    # ---------------------------------------------------------------- weights
-    @staticmethod
-    def _init_module(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, RelativePositionBias):
-            nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
-
-    def init_weights(self) -> None:
-        """Official init (trunc-normal Linear and tables, unit LayerNorm) or ``Pretrained``."""
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            if 'checkpoint' not in cfg:
-                raise KeyError("init_cfg of type 'Pretrained' needs a 'checkpoint' entry")
-            load_swin_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
-            self._is_init = True
-            return
-        self.apply(self._init_module)
-        super().init_weights()
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
+        load_swin_checkpoint(self, checkpoint, prefix=prefix)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
@@ -401,17 +347,6 @@ def official_to_unfold_order(v: Tensor) -> Tensor:
     return v.reshape(4, in4 // 4)[_UNFOLD_PERM].t().reshape(in4)
 
 
-def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    sd = checkpoint
-    for key in ('state_dict', 'model', 'module'):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-            break
-    if not isinstance(sd, Mapping):
-        raise TypeError(f'expected a state dict or a checkpoint dict, got {type(sd).__name__}')
-    return sd
-
-
 def swin_checkpoint_layout(sd: Mapping[str, Any]) -> str:
     """``'mm'`` (MMDetection/MMPretrain), ``'timm'``, ``'official'`` or ``'ours'`` (converted)."""
     keys = list(sd)
@@ -443,7 +378,7 @@ def convert_swin_checkpoint(checkpoint: Mapping[str, Any],
     drops the buffers ``relative_position_index`` and ``attn_mask`` that the model rebuilds.
     Relative-position tables are returned as they are; :func:`load_swin_checkpoint` resizes them.
     """
-    sd = _unwrap(checkpoint)
+    sd = unwrap_checkpoint(checkpoint)
     items = [(k[len('module.'):] if k.startswith('module.') else k, v) for k, v in sd.items()
              if isinstance(v, Tensor)]
     if any(k.startswith('backbone.') for k, _ in items):
@@ -477,17 +412,6 @@ def convert_swin_checkpoint(checkpoint: Mapping[str, Any],
     return out
 
 
-def _load_file(path: str) -> Any:
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # a training checkpoint with pickled objects
-        raise RuntimeError(f'{path} is not a plain weights file ({err.__class__.__name__}); '
-                           f'convert it first with tools/model_converters/swin_to_mm.py '
-                           f'--unsafe-pickle (only for files you trust)') from err
-
-
 def load_swin_checkpoint(model: CFSwinTransformer, checkpoint: Union[str, Mapping[str, Any]],
                          strict: bool = False, prefix: Optional[str] = None,
                          strict_structure: bool = True,
@@ -515,10 +439,10 @@ def load_swin_checkpoint(model: CFSwinTransformer, checkpoint: Union[str, Mappin
         KeyError: with ``strict`` and missing / unexpected keys.
     """
     src = checkpoint if isinstance(checkpoint, str) else '<dict>'
-    ckpt = _load_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    ckpt = (read_weights_file(checkpoint, 'swin_to_mm') if isinstance(checkpoint, str)
+            else checkpoint)
     if prefix:
-        ckpt = OrderedDict((k[len(prefix):], v) for k, v in _unwrap(ckpt).items()
-                           if k.startswith(prefix))
+        ckpt = strip_prefix(unwrap_checkpoint(ckpt), prefix)
     sd = convert_swin_checkpoint(ckpt, model.num_stages)
     own = model.state_dict()
     for k in list(sd):
@@ -528,35 +452,8 @@ def load_swin_checkpoint(model: CFSwinTransformer, checkpoint: Union[str, Mappin
             print_log(f'resizing {k} from {tuple(sd[k].shape)} to {tuple(own[k].shape)} '
                       f'(window {model.window_size}, bicubic)', logger=logger)
             sd[k] = resize_rel_pos_bias_table(sd[k], new_ws)
-    for k, v in own.items():
-        if k in sd and sd[k].shape != v.shape:
-            raise ValueError(f'checkpoint {src}: key {k!r} has shape {tuple(sd[k].shape)} but '
-                             f'the model expects {tuple(v.shape)} (a checkpoint of another '
-                             f'variant or configuration?)')
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if strict_structure:
-        structural = ('patch_embed.', 'layers.')
-        extra = [k for k in unexpected if k.startswith(structural)]
-        lacking = [k for k in missing if k.startswith(structural)]
-        if extra or lacking:
-            first = (f'key {extra[0]!r} is in the checkpoint but not in the model' if extra else
-                     f'model key {lacking[0]!r} is not in the checkpoint')
-            raise ValueError(f'checkpoint {src} does not match the model: {first} '
-                             f'({len(extra)} such extra and {len(lacking)} such missing keys; a '
-                             f'checkpoint of another variant?)')
-    model.load_state_dict(sd, strict=False)
-    print_log(f'loaded {len(sd) - len(unexpected)} tensors from {src} into '
-              f'{type(model).__name__}', logger=logger)
-    for k in missing:
-        print_log(f'missing key in checkpoint {src}: {k}', logger=logger, level=logging.WARNING)
-    for k in unexpected:
-        print_log(f'unexpected key in checkpoint {src}: {k}', logger=logger,
-                  level=logging.WARNING)
-    if strict and (missing or unexpected):
-        raise KeyError(f'checkpoint {src}: {len(missing)} missing keys (first: '
-                       f'{missing[:1]}), {len(unexpected)} unexpected (first: {unexpected[:1]})')
-    return missing, unexpected
+    return load_checked_state_dict(model, sd, src, ('patch_embed.', 'layers.'), strict=strict,
+                                   strict_structure=strict_structure, logger=logger)
 
 
 __all__ = ['CFSwinTransformer', 'SwinBlock', 'SwinStage', 'WindowAttention',

@@ -32,15 +32,16 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
-from mmengine.model import BaseModule
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
 from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, DropPath, Mlp,
                                           decomposed_rel_pos_bias, pad_to_multiple,
                                           resize_abs_pos_embed, to_2tuple, window_partition,
                                           window_reverse)
 from crossformer_mm.registry import register_model
+
+from .base import (BackboneBase, load_checked_state_dict, read_weights_file, strip_prefix,
+                   unwrap_checkpoint)
 
 OUT_TYPES = ('featmap', 'pyramid', 'cls_token', 'avg_featmap')
 
@@ -188,7 +189,7 @@ class SimpleFeaturePyramid(nn.Module):
 # Model
 # --------------------------------------------------------------------------------------------
 @register_model()
-class CFVisionTransformer(BaseModule):
+class CFVisionTransformer(BackboneBase):
     """Vision Transformer backbone (classification, dense features, ViTDet pyramid).
 
     Args:
@@ -237,6 +238,8 @@ class CFVisionTransformer(BaseModule):
         'large': dict(embed_dim=1024, depth=24, num_heads=16),
     }
     arch_aliases: Dict[str, str] = {'t': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
+    arch_required = frozenset({'embed_dim', 'depth', 'num_heads'})
+    arch_optional = frozenset({'mlp_ratio'})
 
     def __init__(self, arch: Union[str, Mapping[str, Any]] = 'base',
                  img_size: Union[int, Sequence[int]] = 224, patch_size: int = 16,
@@ -319,72 +322,13 @@ class CFVisionTransformer(BaseModule):
         self._freeze_stages()
 
     # ---------------------------------------------------------------- construction helpers
-    @classmethod
-    def _resolve_arch(cls, arch: Union[str, Mapping[str, Any]]) -> Dict[str, Any]:
-        if isinstance(arch, str):
-            name = cls.arch_aliases.get(arch.lower(), arch.lower())
-            if name not in cls.arch_zoo:
-                valid = sorted(cls.arch_zoo) + sorted(cls.arch_aliases)
-                raise ValueError(f'unknown arch {arch!r}; valid: {valid} or a dict')
-            return dict(cls.arch_zoo[name])
-        if not isinstance(arch, Mapping):
-            raise TypeError(f'arch must be a str or a dict, got {type(arch).__name__}')
-        required = {'embed_dim', 'depth', 'num_heads'}
-        allowed = required | {'mlp_ratio'}
-        missing, unknown = required - set(arch), set(arch) - allowed
-        if missing or unknown:
-            raise ValueError(f'custom arch needs keys {sorted(required)} and may have '
-                             f'{sorted(allowed - required)}; missing {sorted(missing)}, '
-                             f'unknown {sorted(unknown)}')
-        return dict(arch)
+    def _frozen_modules(self) -> List[nn.Module]:
+        return [self.patch_embed, self.pos_drop, *self.blocks[:self.frozen_stages]]
 
-    def _freeze_stages(self) -> None:
-        if self.frozen_stages < 0:
-            return
-        frozen: List[nn.Module] = [self.patch_embed, self.pos_drop]
-        frozen += list(self.blocks[:self.frozen_stages])
-        params = [self.pos_embed] + ([self.cls_token] if self.with_cls_token else [])
-        for m in frozen:
-            m.eval()
-            params += list(m.parameters())
-        for p in params:
-            p.requires_grad = False
+    def _frozen_params(self) -> List[nn.Parameter]:
+        return [self.pos_embed] + ([self.cls_token] if self.with_cls_token else [])
 
-    def train(self, mode: bool = True) -> 'CFVisionTransformer':
-        """Set train mode, keeping frozen blocks (and BatchNorms if ``norm_eval``) in eval."""
-        super().train(mode)
-        self._freeze_stages()
-        if mode and self.norm_eval:
-            for m in self.modules():
-                if isinstance(m, _BatchNorm):
-                    m.eval()
-        return self
-
-    def set_fused_attn(self, fused: bool) -> None:
-        """Switch every attention between SDPA (True) and the explicit path (False)."""
-        for m in self.modules():
-            if isinstance(m, Attention):
-                m.fused = fused
-
-    # ---------------------------------------------------------------- weights
-    def _init_module(self, m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-    def init_weights(self) -> None:
-        """timm-style init (trunc-normal embeddings / Linear, unit LayerNorm) or ``Pretrained``."""
-        cfg = self.init_cfg
-        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
-            if 'checkpoint' not in cfg:
-                raise KeyError("init_cfg of type 'Pretrained' needs a 'checkpoint' entry")
-            load_vit_checkpoint(self, cfg['checkpoint'], prefix=cfg.get('prefix'))
-            self._is_init = True
-            return
+    def _init_extra(self) -> None:
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         if self.with_cls_token:
             nn.init.trunc_normal_(self.cls_token, std=0.02)
@@ -392,8 +336,9 @@ class CFVisionTransformer(BaseModule):
             if blk.attn.use_rel_pos:
                 nn.init.trunc_normal_(blk.attn.rel_pos_h, std=0.02)
                 nn.init.trunc_normal_(blk.attn.rel_pos_w, std=0.02)
-        self.apply(self._init_module)
-        super().init_weights()
+
+    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
+        load_vit_checkpoint(self, checkpoint, prefix=prefix)
 
     # ---------------------------------------------------------------- forward
     def _pos_embed(self, hw: Tuple[int, int]) -> Tensor:
@@ -462,17 +407,6 @@ class CFVisionTransformer(BaseModule):
 # --------------------------------------------------------------------------------------------
 # Checkpoints
 # --------------------------------------------------------------------------------------------
-def _unwrap(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    sd = checkpoint
-    for key in ('state_dict', 'model', 'module'):
-        if isinstance(sd, Mapping) and key in sd and isinstance(sd[key], Mapping):
-            sd = sd[key]
-            break
-    if not isinstance(sd, Mapping):
-        raise TypeError(f'expected a state dict or a checkpoint dict, got {type(sd).__name__}')
-    return sd
-
-
 def vit_checkpoint_layout(sd: Mapping[str, Any]) -> str:
     """``'ours'``, ``'timm'`` (timm / DeiT / MAE), ``'mmseg'`` or ``'mmpretrain'``."""
     keys = list(sd)
@@ -519,7 +453,7 @@ def convert_vit_checkpoint(checkpoint: Mapping[str, Any]) -> 'OrderedDict[str, T
     timm's classifier ``head.weight`` stays ``head.weight``; ``dist_token``/``head_dist`` (DeiT
     distilled) and MAE decoder weights are kept and reported as unexpected on loading.
     """
-    sd = _unwrap(checkpoint)
+    sd = unwrap_checkpoint(checkpoint)
     items = [(k[len('module.'):] if k.startswith('module.') else k, v) for k, v in sd.items()
              if isinstance(v, Tensor)]
     if any(k.startswith('backbone.') for k, _ in items):
@@ -578,17 +512,6 @@ def _adapt_pos_embed(pos: Tensor, model: CFVisionTransformer,
     return new
 
 
-def _load_file(path: str) -> Any:
-    try:
-        return torch.load(path, map_location='cpu', weights_only=True)
-    except FileNotFoundError:
-        raise
-    except Exception as err:  # a training checkpoint with pickled objects
-        raise RuntimeError(f'{path} is not a plain weights file ({err.__class__.__name__}); '
-                           f'convert it first with tools/model_converters/vit_to_mm.py '
-                           f'--unsafe-pickle (only for files you trust)') from err
-
-
 def load_vit_checkpoint(model: CFVisionTransformer, checkpoint: Union[str, Mapping[str, Any]],
                         strict: bool = False, prefix: Optional[str] = None,
                         strict_structure: bool = True,
@@ -618,50 +541,25 @@ def load_vit_checkpoint(model: CFVisionTransformer, checkpoint: Union[str, Mappi
         KeyError: with ``strict`` and missing / unexpected keys.
     """
     src = checkpoint if isinstance(checkpoint, str) else '<dict>'
-    ckpt = _load_file(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    ckpt = (read_weights_file(checkpoint, 'vit_to_mm') if isinstance(checkpoint, str)
+            else checkpoint)
     if prefix:
-        ckpt = OrderedDict((k[len(prefix):], v) for k, v in _unwrap(ckpt).items()
-                           if k.startswith(prefix))
+        ckpt = strip_prefix(unwrap_checkpoint(ckpt), prefix)
     sd = convert_vit_checkpoint(ckpt)
     own = model.state_dict()
     if 'pos_embed' in sd and sd['pos_embed'].shape[-1] == own['pos_embed'].shape[-1]:
         sd['pos_embed'] = _adapt_pos_embed(sd['pos_embed'], model, logger)
-    for k, v in own.items():
-        if k in sd and sd[k].shape != v.shape and not k.endswith(('rel_pos_h', 'rel_pos_w')):
-            raise ValueError(f'checkpoint {src}: key {k!r} has shape {tuple(sd[k].shape)} but '
-                             f'the model expects {tuple(v.shape)} (a checkpoint of another '
-                             f'variant or configuration?)')
-    for k in [k for k in sd if k.endswith(('rel_pos_h', 'rel_pos_w'))]:
+    rel_pos = ('rel_pos_h', 'rel_pos_w')
+    for k in [k for k in sd if k.endswith(rel_pos)]:
         if k in own and sd[k].shape != own[k].shape:
             print_log(f'resizing {k} from {tuple(sd[k].shape)} to {tuple(own[k].shape)} '
                       f'(linear)', logger=logger)
             sd[k] = torch.nn.functional.interpolate(
                 sd[k].t().unsqueeze(0), size=own[k].shape[0], mode='linear').squeeze(0).t()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    if strict_structure:
-        structural = ('patch_embed.', 'blocks.')
-        extra = [k for k in unexpected if k.startswith(structural)]
-        lacking = [k for k in missing if k.startswith(structural)
-                   and not k.endswith(('rel_pos_h', 'rel_pos_w'))]
-        if extra or lacking:
-            first = (f'key {extra[0]!r} is in the checkpoint but not in the model' if extra else
-                     f'model key {lacking[0]!r} is not in the checkpoint')
-            raise ValueError(f'checkpoint {src} does not match the model: {first} '
-                             f'({len(extra)} such extra and {len(lacking)} such missing keys; a '
-                             f'checkpoint of another variant?)')
-    model.load_state_dict(sd, strict=False)
-    print_log(f'loaded {len(sd) - len(unexpected)} tensors from {src} into '
-              f'{type(model).__name__}', logger=logger)
-    for k in missing:
-        print_log(f'missing key in checkpoint {src}: {k}', logger=logger, level=logging.WARNING)
-    for k in unexpected:
-        print_log(f'unexpected key in checkpoint {src}: {k}', logger=logger,
-                  level=logging.WARNING)
-    if strict and (missing or unexpected):
-        raise KeyError(f'checkpoint {src}: {len(missing)} missing keys (first: '
-                       f'{missing[:1]}), {len(unexpected)} unexpected (first: {unexpected[:1]})')
-    return missing, unexpected
+    # Relative-position tables may be absent (a plain ViT checkpoint into a ViTDet model).
+    return load_checked_state_dict(model, sd, src, ('patch_embed.', 'blocks.'), strict=strict,
+                                   strict_structure=strict_structure, logger=logger,
+                                   optional=rel_pos)
 
 
 __all__ = ['CFVisionTransformer', 'ViTBlock', 'ViTAttention', 'SimpleFeaturePyramid',
