@@ -16,11 +16,11 @@ Random weights; CPU only. Timings on a shared machine are noisy: compare within 
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
-import time
 from typing import Dict, List, Optional, Tuple
+
+from _harness import time_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODELS = ('crossformer-t-fused', 'crossformer-t-explicit', 'crossformer-s-fused',
@@ -42,41 +42,14 @@ def build(name: str):
     raise ValueError(f'unknown model {name!r}; valid: {MODELS}')
 
 
-def rss_mib() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
-
-
 def run_case(name: str, hw: Tuple[int, int], batch: int, backward: bool, iters: int,
              warmup: int) -> Dict[str, float]:
     """Time one case in this process; returns images/s and memory figures."""
     import torch
     torch.manual_seed(0)
     model = build(name)
-    model.train(backward)
     x = torch.randn(batch, 3, *hw)
-    base = rss_mib()
-
-    def step() -> None:
-        if backward:
-            outs = model(x)
-            sum(o.float().mean() for o in outs).backward()
-            model.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad():
-                model(x)
-
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    best = min(times)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(img_s=batch / best, median_s=sorted(times)[len(times) // 2], best_s=best,
-                peak_mib=peak, act_mib=peak - base)
+    return time_backbone(model, x, backward, iters, warmup)
 
 
 def spawn(name: str, hw: Tuple[int, int], batch: int, backward: bool, args) -> Optional[dict]:

@@ -20,12 +20,12 @@ forward+backward (ViT-B 1024² forward only unless ``--vit-dense-backward``). CP
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from typing import Dict, List, Optional, Tuple
+
+from _harness import time_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
@@ -72,39 +72,12 @@ def save_upstream_weights(family: str, path: str) -> None:
     torch.save(model.state_dict(), path)
 
 
-def rss_mib() -> float:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
-
-
 def run_case(name: str, weights: str, hw: Tuple[int, int], batch: int, backward: bool,
              iters: int, warmup: int) -> Dict[str, float]:
     import torch
     model = build(name, weights)
-    model.train(backward)
     x = torch.randn(batch, 3, *hw, generator=torch.Generator().manual_seed(1))
-    base = rss_mib()
-
-    def step() -> None:
-        if backward:
-            outs = model(x)
-            sum(o.float().mean() for o in outs).backward()
-            model.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad():
-                model(x)
-
-    for _ in range(warmup):
-        step()
-    times = []
-    for _ in range(iters):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    best = min(times)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(img_s=batch / best, best_s=best, median_s=sorted(times)[len(times) // 2],
-                peak_mib=peak, act_mib=peak - base)
+    return time_backbone(model, x, backward, iters, warmup)
 
 
 def spawn(name: str, weights: str, hw: Tuple[int, int], batch: int, backward: bool, iters: int,
