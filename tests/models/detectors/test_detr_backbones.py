@@ -43,8 +43,7 @@ def _train_and_predict(cfg):
 
 @pytest.mark.parametrize('name', list(BACKBONES))
 def test_deformable_detr_with_backbone(name):
-    if not _available(name):
-        pytest.skip(f'{name} is not registered')
+    assert _available(name), f'{name} is not registered'
     cfg = to_ours(deformable_detr_cfg(with_box_refine=True, as_two_stage=True))
     cfg['backbone'] = dict(BACKBONES[name], out_indices=(1, 2, 3))
     cfg['neck']['in_channels'] = [32, 64, 128]
@@ -53,8 +52,7 @@ def test_deformable_detr_with_backbone(name):
 
 @pytest.mark.parametrize('name', list(BACKBONES))
 def test_detr_with_backbone(name):
-    if not _available(name):
-        pytest.skip(f'{name} is not registered')
+    assert _available(name), f'{name} is not registered'
     cfg = to_ours(detr_cfg())
     cfg['backbone'] = dict(BACKBONES[name], out_indices=(3, ))
     cfg['neck']['in_channels'] = [128]
@@ -66,8 +64,7 @@ def _neck_in_channels(backbone_cfg):
 
 
 def test_deformable_detr_with_vit():
-    if not _available('CFVisionTransformer'):
-        pytest.skip('CFVisionTransformer is not registered')
+    assert _available('CFVisionTransformer'), 'CFVisionTransformer is not registered'
     cfg = to_ours(deformable_detr_cfg())
     cfg['backbone'] = dict(VIT, out_type='pyramid', pyramid_scales=(2.0, 1.0, 0.5))
     cfg['neck']['in_channels'] = _neck_in_channels(cfg['backbone'])
@@ -76,8 +73,7 @@ def test_deformable_detr_with_vit():
 
 
 def test_detr_with_vit():
-    if not _available('CFVisionTransformer'):
-        pytest.skip('CFVisionTransformer is not registered')
+    assert _available('CFVisionTransformer'), 'CFVisionTransformer is not registered'
     cfg = to_ours(detr_cfg())
     cfg['backbone'] = dict(VIT, out_type='featmap', out_indices=-1)
     cfg['neck']['in_channels'] = [32]
@@ -86,8 +82,7 @@ def test_detr_with_vit():
 
 @pytest.mark.parametrize('name', list(BACKBONES))
 def test_channel_mismatch_names_backbone_channels(name):
-    if not _available(name):
-        pytest.skip(f'{name} is not registered')
+    assert _available(name), f'{name} is not registered'
     cfg = to_ours(deformable_detr_cfg())
     cfg['backbone'] = dict(BACKBONES[name], out_indices=(1, 2, 3))
     cfg['neck']['in_channels'] = [192, 384, 768]  # CrossFormer-S / Swin-T channels
