@@ -42,6 +42,9 @@ class BackboneBase(BaseModule):
     arch_optional: ClassVar[FrozenSet[str]] = frozenset()
     frozen_stages: int
     norm_eval: bool
+    num_classes: int
+    num_stages: int
+    out_indices: Tuple[int, ...]
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -98,6 +101,18 @@ class BackboneBase(BaseModule):
         for m in self.modules():
             if isinstance(m, Attention):
                 m.fused = fused
+
+    def forward_head(self, feats: Union[Tensor, Sequence[Tensor]]) -> Tensor:
+        """Logits of a hierarchical backbone from its last stage map (``forward``'s last output):
+        average pool + ``head``. Needs ``num_classes > 0`` and the last stage in
+        ``out_indices``."""
+        if self.num_classes <= 0:
+            raise RuntimeError('forward_head needs num_classes > 0')
+        if self.num_stages - 1 not in self.out_indices:
+            raise RuntimeError(f'forward_head needs the last stage in out_indices, got '
+                               f'{self.out_indices}')
+        x = feats if isinstance(feats, Tensor) else feats[-1]
+        return self.head(x.mean(dim=(2, 3)))
 
     # ---------------------------------------------------------------- weights
     @staticmethod

@@ -307,16 +307,6 @@ class CFSwinTransformer(BackboneBase):
                 outs.append(feat.permute(0, 3, 1, 2).contiguous())
         return tuple(outs)
 
-    def forward_head(self, feats: Union[Tensor, Sequence[Tensor]]) -> Tensor:
-        """Logits from the last stage map (``forward``'s last output): average pool + ``head``."""
-        if self.num_classes <= 0:
-            raise RuntimeError('forward_head needs num_classes > 0')
-        if self.num_stages - 1 not in self.out_indices:
-            raise RuntimeError(f'forward_head needs the last stage in out_indices, got '
-                               f'{self.out_indices}')
-        x = feats if isinstance(feats, Tensor) else feats[-1]
-        return self.head(x.mean(dim=(2, 3)))
-
 
 # --------------------------------------------------------------------------------------------
 # Checkpoints
