@@ -418,9 +418,13 @@ class MSDeformAttn(BaseModule):
         attention_weights = attention_weights.softmax(-1).view(bs, num_query, self.num_heads,
                                                                self.num_levels, self.num_points)
         if reference_points.shape[-1] == 2:
-            offset_normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
-            sampling_locations = reference_points[:, :, None, :, None, :] \
-                + sampling_offsets / offset_normalizer[None, None, None, :, None, :]
+            # ref + offset / (W, H) per level, in one pass (addcmul with the reciprocals): the
+            # encoder's offsets are the largest tensor of the layer.
+            inv_normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]],
+                                         -1).to(sampling_offsets.dtype).reciprocal()
+            sampling_locations = torch.addcmul(reference_points[:, :, None, :, None, :],
+                                               sampling_offsets,
+                                               inv_normalizer[None, None, None, :, None, :])
         elif reference_points.shape[-1] == 4:
             sampling_locations = reference_points[:, :, None, :, None, :2] \
                 + sampling_offsets / self.num_points \

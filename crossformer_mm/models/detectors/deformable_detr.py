@@ -21,7 +21,7 @@ from crossformer_mm.ops import MSDeformAttn
 from crossformer_mm.registry import MMDET_MODELS, register_model
 from ..layers.detr_layers import (CFDeformableDetrTransformerDecoder,
                                   CFDeformableDetrTransformerEncoder)
-from .utils import (check_backbone_neck, check_levels, check_neck_inputs, check_positive_int,
+from .utils import (CheckedFeatureMixin, check_backbone_neck, check_levels, check_positive_int,
                     check_required)
 
 __all__ = ['CFDeformableDETR']
@@ -36,7 +36,7 @@ def _cfg_get(cfg: Optional[dict], *keys: str, default=None):
 
 
 @register_model((MMDET_MODELS, ))
-class CFDeformableDETR(DeformableDETR):
+class CFDeformableDETR(CheckedFeatureMixin, DeformableDETR):
     """Deformable DETR with the package's multi-scale deformable attention.
 
     Takes exactly the arguments of mmdet's ``DeformableDETR`` (``with_box_refine``,
@@ -143,14 +143,6 @@ class CFDeformableDETR(DeformableDETR):
         else:
             xavier_init(self.reference_points_fc, distribution='uniform', bias=0.)
         normal_(self.level_embed)
-
-    def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor]:
-        """Backbone and neck features, with a clear error if they do not fit together."""
-        x = self.backbone(batch_inputs)
-        if self.with_neck:
-            check_neck_inputs(type(self).__name__, x, self.neck)
-            x = self.neck(x)
-        return x
 
     def pre_transformer(self, mlvl_feats: Tuple[Tensor],
                         batch_data_samples: OptSampleList = None) -> Tuple[Dict]:

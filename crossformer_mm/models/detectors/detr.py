@@ -6,21 +6,22 @@ config keys, same state dict, same outputs; the encoder/decoder attention runs
 :class:`~crossformer_mm.models.layers.detr_layers.SDPAMultiheadAttention`, and inconsistent configs
 fail at build time.
 """
-from typing import Optional, Tuple
+from typing import Optional
 
 from mmdet.models.detectors import DETR
 from mmdet.models.layers import SinePositionalEncoding
-from torch import Tensor, nn
+from torch import nn
 
 from crossformer_mm.registry import MMDET_MODELS, register_model
 from ..layers.detr_layers import CFDetrTransformerDecoder, CFDetrTransformerEncoder
-from .utils import check_backbone_neck, check_neck_inputs, check_positive_int, check_required
+from .utils import (CheckedFeatureMixin, check_backbone_neck, check_positive_int,
+                    check_required)
 
 __all__ = ['CFDETR']
 
 
 @register_model((MMDET_MODELS, ))
-class CFDETR(DETR):
+class CFDETR(CheckedFeatureMixin, DETR):
     """DETR with SDPA attention; the arguments and state dict of mmdet's ``DETR``.
 
     The transformer reads the last feature map of the neck (as mmdet's DETR does).
@@ -82,11 +83,3 @@ class CFDETR(DETR):
         if head_dims != self.embed_dims:
             raise ValueError(f'bbox_head.embed_dims={head_dims} must equal the transformer '
                              f'embed_dims={self.embed_dims}')
-
-    def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor]:
-        """Backbone and neck features, with a clear error if they do not fit together."""
-        x = self.backbone(batch_inputs)
-        if self.with_neck:
-            check_neck_inputs(type(self).__name__, x, self.neck)
-            x = self.neck(x)
-        return x

@@ -6,8 +6,9 @@ fail later, deep inside a convolution, ``torch.topk`` or the deformable attentio
 that does not name the setting. These helpers turn such configs into ``ValueError``s that name the
 argument and the expected value.
 """
-from typing import Any, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence, Tuple
 
+import torch
 from torch import Tensor, nn
 
 
@@ -144,3 +145,26 @@ def check_levels(detector: str, num_levels: int, feats: Sequence[Tensor]) -> Non
     if len(feats) != num_levels:
         raise ValueError(f'{detector}: num_feature_levels={num_levels} but the neck returned '
                          f'{len(feats)} feature maps')
+
+
+class CheckedFeatureMixin:
+    """``extract_feat`` of the package's DETR detectors: channels-last images, checked neck.
+
+    The image batch enters the backbone in channels-last memory layout. The function is the same
+    (only strides differ), but oneDNN's convolutions run about 1.5x faster on that layout on the
+    CPU, and the neck's maps then flatten into ``(bs, H·W, C)`` tokens without a copy. Parameters
+    keep their usual layout, so state dicts and DDP buckets are unchanged. Set the class attribute
+    ``channels_last_inputs = False`` on a subclass to feed the images as they come.
+    """
+
+    channels_last_inputs: bool = True
+
+    def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor]:
+        """Backbone and neck features, with a clear error if they do not fit together."""
+        if self.channels_last_inputs and batch_inputs.dim() == 4:
+            batch_inputs = batch_inputs.contiguous(memory_format=torch.channels_last)
+        x = self.backbone(batch_inputs)
+        if self.with_neck:
+            check_neck_inputs(type(self).__name__, x, self.neck)
+            x = self.neck(x)
+        return x

@@ -85,6 +85,26 @@ def test_predictions_match(pair):
     assert_predictions_match(r, o)
 
 
+def test_channels_last_inputs(pair, monkeypatch):
+    """The backbone gets channels-last images; the features equal those of NCHW images."""
+    _, ours = pair
+    ours.eval()
+    inputs = torch.randn(1, 3, 64, 96)
+    seen = []
+    hook = ours.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            fast = ours.extract_feat(inputs)
+            monkeypatch.setattr(type(ours), 'channels_last_inputs', False)
+            plain = ours.extract_feat(inputs)
+    finally:
+        hook.remove()
+    assert seen[0].is_contiguous(memory_format=torch.channels_last)
+    assert not seen[0].is_contiguous() and seen[1].is_contiguous()
+    for a, b in zip(fast, plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_losses_and_gradients_match(pair):
     ref, ours = pair
     inputs, samples = preprocess(ref, *make_batch())
