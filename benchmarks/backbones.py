@@ -1,119 +1,224 @@
-"""Speed and memory of the CrossFormer backbone: SDPA path vs explicit path vs mmdet's Swin-T.
+"""Speed and memory of the package's backbones against a plain implementation and upstream.
 
-Every case (model × input × forward / forward+backward) runs in its own subprocess so that its
-peak resident memory (``resource.getrusage(RUSAGE_SELF).ru_maxrss``) is its own; the table shows
-images/s, the ratio to the explicit CrossFormer path of the same size, and the peak RSS above the
-process's RSS after building the model (activations, workspace).
+Three families, each a list of (model, input, pass) cases on the CPU:
+
+* ``crossformer``: CrossFormer-T/S as shipped (``fused``: SDPA attention, chunked inference)
+  against ``plain``, the same model and weights computed the plain way (explicit
+  ``softmax(q·kᵀ·scale + bias + mask)·v``, whole tensors, no chunked inference), and against
+  MMDetection's ``SwinTransformer`` (Swin-T) for scale.
+* ``swin``: ``CFSwinTransformer`` (Swin-T) against MMDetection 3.3.0's ``SwinTransformer`` with
+  the same weights (upstream built with seed 0, its state dict converted and loaded into ours).
+* ``vit``: ``CFVisionTransformer`` (ViT-B/16) against MMSegmentation 1.x's ``VisionTransformer``
+  with the same weights; 1024² is the dense-prediction case (all patch tokens, position
+  embedding resized from the 14×14 grid).
+
+Inputs: 224² batch 8 and 800×1216 batch 1 (ViT: 1024² batch 1), forward and forward+backward
+(ViT 1024²: forward only unless ``--vit-dense-backward``).
+
+Every case runs in its own subprocess; the two implementations of a comparison alternate
+``--rounds`` times and the best of each is kept (steadier on a shared machine). Timing runs use
+the default allocator. Memory: "peak MiB" is the process's peak RSS above its RSS once the model
+and input exist; with ``--exact-memory`` it comes from an extra one-step run per case with
+``MALLOC_MMAP_THRESHOLD_=65536``, so that the RSS follows the live tensors rather than what
+the allocator keeps cached (that run is not timed: mapping every buffer distorts timings).
 
 Usage:
-    python benchmarks/backbones.py            # 224² batch 8 and 800×1216 batch 1, 3 timed iters
-    python benchmarks/backbones.py --quick    # a small smoke run (128² batch 2, 256×384 batch 1)
-    python benchmarks/backbones.py --models crossformer-s-fused crossformer-s-explicit \
-        --iters 5 --threads 2
+    python benchmarks/backbones.py                          # every family (slow on 2 cores)
+    python benchmarks/backbones.py --quick                  # smoke run, small shapes
+    python benchmarks/backbones.py --families swin --rounds 3 --exact-memory --threads 2
 
-Random weights; CPU only. Timings on a shared machine are noisy: compare within one run.
+Random weights; CPU only. Compare within one run.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from typing import Dict, List, Optional, Tuple
 
 from _harness import time_backbone
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MODELS = ('crossformer-t-fused', 'crossformer-t-explicit', 'crossformer-s-fused',
-          'crossformer-s-explicit', 'swin-t-mmdet')
+SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
+              drop_path_rate=0.0)
+VIT_B = dict(img_size=224, patch_size=16, embed_dims=768, num_layers=12, num_heads=12,
+             out_indices=(3, 5, 7, 11), with_cls_token=True, final_norm=True)
+FAMILIES = ('crossformer', 'swin', 'vit')
+# comparisons: family -> list of (ours, reference) model names
+PAIRS = {
+    'crossformer': [('crossformer-t-fused', 'crossformer-t-plain'),
+                    ('crossformer-s-fused', 'crossformer-s-plain'),
+                    ('crossformer-s-fused', 'swin-t-mmdet')],
+    'swin': [('swin-ours', 'swin-t-mmdet')],
+    'vit': [('vit-ours', 'vit-mmseg')],
+}
 
 
-def build(name: str):
-    """Build a backbone by benchmark name (random weights, eval/train set by the caller)."""
+def build(name: str, weights: Optional[str]):
+    """A backbone by benchmark name; Swin/ViT models load the shared upstream weights."""
+    import torch
+    from crossformer_mm.models.layers.chunking import set_inference_chunk_bytes
     if name.startswith('crossformer'):
         from crossformer_mm.models.backbones.crossformer import CrossFormer
         _, size, path = name.split('-')
         model = CrossFormer({'t': 'tiny', 's': 'small'}[size], drop_path_rate=0.0)
         model.set_fused_attn(path == 'fused')
+        if path == 'plain':
+            set_inference_chunk_bytes(0)
         return model
+    sd = torch.load(weights, map_location='cpu', weights_only=True) if weights else None
     if name == 'swin-t-mmdet':
         from mmdet.models.backbones import SwinTransformer
-        return SwinTransformer(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24),
-                               window_size=7, drop_path_rate=0.0)
-    raise ValueError(f'unknown model {name!r}; valid: {MODELS}')
+        model = SwinTransformer(**SWIN_T)
+    elif name == 'vit-mmseg':
+        from mmseg.models.backbones import VisionTransformer
+        model = VisionTransformer(**VIT_B)
+    elif name == 'swin-ours':
+        from crossformer_mm.models.backbones.swin import CFSwinTransformer, load_swin_checkpoint
+        model = CFSwinTransformer('tiny', drop_path_rate=0.0)
+        load_swin_checkpoint(model, sd, strict=True, logger='silent')
+        return model
+    elif name == 'vit-ours':
+        from crossformer_mm.models.backbones.vit import CFVisionTransformer, load_vit_checkpoint
+        model = CFVisionTransformer('base', img_size=224, out_indices=(3, 5, 7, 11))
+        load_vit_checkpoint(model, sd, strict=True, logger='silent')
+        return model
+    else:
+        raise ValueError(f'unknown model {name!r}')
+    if sd is not None:
+        model.load_state_dict(sd)
+    return model
 
 
-def run_case(name: str, hw: Tuple[int, int], batch: int, backward: bool, iters: int,
-             warmup: int) -> Dict[str, float]:
-    """Time one case in this process; returns images/s and memory figures."""
+def save_upstream_weights(family: str, path: str) -> None:
+    """Random upstream weights (seed 0) that both implementations of a family load."""
     import torch
     torch.manual_seed(0)
-    model = build(name)
-    x = torch.randn(batch, 3, *hw)
+    if family == 'vit':
+        from mmseg.models.backbones import VisionTransformer
+        model = VisionTransformer(**VIT_B)
+    else:
+        from mmdet.models.backbones import SwinTransformer
+        model = SwinTransformer(**SWIN_T)
+    model.init_weights()
+    torch.save(model.state_dict(), path)
+
+
+def run_case(name: str, weights: Optional[str], hw: Tuple[int, int], batch: int,
+             backward: bool, iters: int, warmup: int) -> Dict[str, float]:
+    import torch
+    model = build(name, weights)
+    x = torch.randn(batch, 3, *hw, generator=torch.Generator().manual_seed(1))
     return time_backbone(model, x, backward, iters, warmup)
 
 
-def spawn(name: str, hw: Tuple[int, int], batch: int, backward: bool, args) -> Optional[dict]:
+def spawn(name: str, weights: Optional[str], hw: Tuple[int, int], batch: int, backward: bool,
+          iters: int, warmup: int, threads: int, exact_memory: bool = False) -> Optional[dict]:
     cmd = [sys.executable, os.path.abspath(__file__), '--case', name, '--hw', str(hw[0]),
-           str(hw[1]), '--batch', str(batch), '--iters', str(args.iters), '--warmup',
-           str(args.warmup), '--threads', str(args.threads)] + (['--backward'] if backward else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+           str(hw[1]), '--batch', str(batch), '--iters', str(iters), '--warmup', str(warmup),
+           '--threads', str(threads)]
+    cmd += ['--weights', weights] if weights else []
+    cmd += ['--backward'] if backward else []
+    env = dict(os.environ)
+    if exact_memory:  # every large tensor mmapped and unmapped: RSS follows live tensors
+        env['MALLOC_MMAP_THRESHOLD_'] = '65536'
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
     if proc.returncode != 0 or not lines:
         err = (proc.stderr.strip().splitlines() or ['?'])[-1]
-        print(f'  {name} {hw} b{batch} {"fwd+bwd" if backward else "fwd"}: skipped ({err})',
-              file=sys.stderr)
+        print(f'  {name} {hw} b{batch}: failed ({err})', file=sys.stderr)
         return None
     return json.loads(lines[-1])
 
 
+def plans(family: str, quick: bool, vit_dense_backward: bool):
+    """(input, batch, passes) of a family."""
+    if quick:
+        return [((97, 131), 2, (False, True))]
+    if family == 'vit':
+        return [((224, 224), 8, (False, True)),
+                ((1024, 1024), 1, (False, True) if vit_dense_backward else (False, ))]
+    return [((224, 224), 8, (False, True)), ((800, 1216), 1, (False, True))]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--quick', action='store_true', help='small sizes, 1 timed iteration')
-    parser.add_argument('--models', nargs='+', default=list(MODELS), choices=MODELS)
-    parser.add_argument('--iters', type=int, default=3)
+    parser.add_argument('--families', nargs='+', default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument('--quick', action='store_true', help='small shapes, 1 timed iteration')
+    parser.add_argument('--iters', type=int, default=3, help='timed iterations (small inputs)')
+    parser.add_argument('--large-iters', type=int, default=2,
+                        help='timed iterations for the 800×1216 / 1024² inputs')
     parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--rounds', type=int, default=1,
+                        help='alternate the two implementations this many times (separate '
+                        'processes) and keep the best of each')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     parser.add_argument('--no-backward', action='store_true', help='forward only')
+    parser.add_argument('--vit-dense-backward', action='store_true',
+                        help='also run ViT-B 1024² forward+backward (slow, large upstream)')
+    parser.add_argument('--exact-memory', action='store_true',
+                        help='memory columns from an extra untimed run per case with '
+                        'MALLOC_MMAP_THRESHOLD_=65536 (peak RSS follows the live tensors)')
     parser.add_argument('--case', help=argparse.SUPPRESS)
+    parser.add_argument('--weights', help=argparse.SUPPRESS)
     parser.add_argument('--hw', type=int, nargs=2, help=argparse.SUPPRESS)
     parser.add_argument('--batch', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--backward', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     sys.path.insert(0, REPO)
+    import torch
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.case:  # child process: one case
-        import torch
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        print(json.dumps(run_case(args.case, tuple(args.hw), args.batch, args.backward,
-                                  args.iters, args.warmup)))
+        import crossformer_mm  # noqa: F401  (compat layer, registration)
+        print(json.dumps(run_case(args.case, args.weights, tuple(args.hw), args.batch,
+                                  args.backward, args.iters, args.warmup)))
         return 0
     if args.quick:
-        args.iters, args.warmup = 1, 1
-        shapes = [((128, 128), 2), ((256, 384), 1)]
-    else:
-        shapes = [((224, 224), 8), ((800, 1216), 1)]
-    import torch
+        args.iters = args.large_iters = 1
     print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, threads '
-          f'{args.threads or torch.get_num_threads()}, iters {args.iters} (best), '
-          f'warmup {args.warmup}')
-    header = (f'| model | input | pass | img/s | vs explicit | vs Swin-T | peak RSS MiB | '
-              f'activations MiB |')
-    print(header)
-    print('|' + '---|' * 8)
-    for hw, batch in shapes:
-        for backward in ([False] if args.no_backward else [False, True]):
-            results = {m: spawn(m, hw, batch, backward, args) for m in args.models}
-            for m, r in results.items():
-                if r is None:
-                    continue
-                size = m.split('-')[1] if m.startswith('crossformer') else None
-                ref = results.get(f'crossformer-{size}-explicit') if size else None
-                swin = results.get('swin-t-mmdet')
-                vs_ref = f'{r["img_s"] / ref["img_s"]:.2f}×' if ref else '–'
-                vs_swin = f'{r["img_s"] / swin["img_s"]:.2f}×' if swin else '–'
-                print(f'| {m} | {hw[0]}×{hw[1]} b{batch} | {"fwd+bwd" if backward else "fwd"} | '
-                      f'{r["img_s"]:.2f} | {vs_ref} | {vs_swin} | {r["peak_mib"]:.0f} | '
-                      f'{r["act_mib"]:.0f} |', flush=True)
+          f'{args.threads or torch.get_num_threads()}, warmup {args.warmup}, best of '
+          f'{args.iters} (224²) / {args.large_iters} (large) timed iterations x {args.rounds} '
+          f'round(s), memory {"exact (separate run)" if args.exact_memory else "from timing run"}'
+          f', load average {os.getloadavg()[0]:.1f}')
+    print('| ours | reference | input | pass | ours img/s | reference img/s | speed-up | '
+          'peak MiB ours | peak MiB reference |')
+    print('|' + '---|' * 9)
+    with tempfile.TemporaryDirectory() as tmp:
+        for fam in args.families:
+            weights = None
+            if fam in ('swin', 'vit') or any('swin' in r for _, r in PAIRS[fam]):
+                weights = os.path.join(tmp, f'{"vit" if fam == "vit" else "swin"}.pth')
+                if not os.path.exists(weights):
+                    save_upstream_weights('vit' if fam == 'vit' else 'swin', weights)
+            for hw, batch, passes in plans(fam, args.quick, args.vit_dense_backward):
+                large = hw[0] * hw[1] * batch > 224 * 224 * 8
+                iters = args.large_iters if large else args.iters
+                for backward in passes:
+                    if backward and args.no_backward:
+                        continue
+                    best: Dict[str, dict] = {}
+                    names = sorted({n for pair in PAIRS[fam] for n in pair})
+                    for _ in range(args.rounds):  # alternate, keep the best of each
+                        for name in names:
+                            r = spawn(name, weights, hw, batch, backward, iters, args.warmup,
+                                      args.threads)
+                            if r and (name not in best or r['img_s'] > best[name]['img_s']):
+                                best[name] = r
+                    if args.exact_memory:
+                        for name in list(best):
+                            r = spawn(name, weights, hw, batch, backward, 1, 0, args.threads,
+                                      exact_memory=True)
+                            best[name]['act_mib'] = r['act_mib'] if r else float('nan')
+                    for ours, ref in PAIRS[fam]:
+                        if ours not in best or ref not in best:
+                            continue
+                        o, r = best[ours], best[ref]
+                        print(f'| {ours} | {ref} | {hw[0]}×{hw[1]} b{batch} | '
+                              f'{"fwd+bwd" if backward else "fwd"} | {o["img_s"]:.3f} | '
+                              f'{r["img_s"]:.3f} | {o["img_s"] / r["img_s"]:.2f}× | '
+                              f'{o["act_mib"]:.0f} | {r["act_mib"]:.0f} |', flush=True)
     return 0
 
 

@@ -14,6 +14,8 @@ Stable API (used by CrossFormer, Swin and ViT):
   SDA and both LDA groupings), :func:`window_partition` / :func:`window_reverse`,
   :func:`padding_mask_groups`.
 * :class:`Mlp`, :class:`DropPath`, :func:`drop_path`, :func:`to_2tuple`.
+* :func:`set_inference_chunk_bytes` / :func:`inference_chunk_bytes`: the slice budget of chunked
+  inference in :class:`Attention` (fused path) and :class:`Mlp` (0 turns it off).
 * :func:`add_sdpa_handle` / :func:`sdpa_flop_jit`: count fused attention in mmengine's FlopAnalyzer.
 * :class:`PatchMerging` (Swin: space-to-depth, norm over 4C, linear), :func:`shifted_window_mask`,
   :func:`window_gather_index` (Swin's shifted windows), :func:`resize_abs_pos_embed`,
@@ -21,6 +23,7 @@ Stable API (used by CrossFormer, Swin and ViT):
   :func:`get_rel_pos` / :func:`decomposed_rel_pos_bias` (ViTDet).
 """
 from .attention import Attention, build_attn_mask, mask_value
+from .chunking import get_inference_chunk_bytes, inference_chunk_bytes, set_inference_chunk_bytes
 from .drop import DropPath, drop_path
 from .embed import CrossScaleEmbed, CrossScalePatchMerging, split_channels
 from .flops import SDPA_OP, add_sdpa_handle, sdpa_flop_jit
@@ -41,5 +44,6 @@ __all__ = [
     'window_reverse', 'DynamicPosBias', 'RelativePositionBias', 'relative_offsets',
     'relative_position_index', 'PatchMerging', 'shifted_window_mask', 'resize_abs_pos_embed',
     'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias', 'window_gather_index',
-    'SDPA_OP', 'add_sdpa_handle', 'sdpa_flop_jit'
+    'SDPA_OP', 'add_sdpa_handle', 'sdpa_flop_jit', 'get_inference_chunk_bytes',
+    'inference_chunk_bytes', 'set_inference_chunk_bytes'
 ]

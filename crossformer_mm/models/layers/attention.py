@@ -1,21 +1,31 @@
-"""Multi-head self-attention over token groups, with an SDPA path and an explicit path.
+"""Multi-head self-attention over token groups: a fast (fused) path and a plain explicit path.
 
-Follows timm's ``Attention`` (``fused_attn`` switch): the fused path calls
-``F.scaled_dot_product_attention`` with the additive position bias and the padding / shift masks
-folded into one ``attn_mask``; the explicit path computes ``softmax(q·kᵀ·scale + bias) · v`` and is
-kept for checking, export and FLOP counting.
+Follows timm's ``Attention`` (``fused_attn`` switch). The explicit path (``fused=False``) is the
+plain implementation, ``softmax(q·kᵀ·scale + bias + mask) · v`` with matmuls, whole tensors at
+once; it is kept for checking, export and FLOP counting. The fused path computes the same
+function and picks, per call:
+
+* inference (nothing needs a gradient): ``F.scaled_dot_product_attention`` over slices of the
+  groups (:mod:`.chunking`), so that the ``qkv`` projection, the folded mask and the output of
+  only one slice exist at a time;
+* training with a position bias that needs a gradient: :class:`_BiasedSoftmaxAttention`, which
+  keeps less for the backward than SDPA's CPU fallback;
+* otherwise: SDPA on whole tensors, the bias and the padding / shift masks folded into one
+  ``attn_mask``.
 
 Grouped inputs: the batch of ``x`` is ``B_ = B·n`` token groups ordered batch-major
-(``index = b·n + g``, the order of :func:`~crossformer_mm.models.layers.group_partition`). Biases and
-masks given per group (leading dimension ``n``) are applied to group ``g`` of every image without
-being repeated over the batch: q, k, v are viewed as ``(B, n·heads, N, d)`` and the mask as
-``(1, n·heads, N, N)``.
+(``index = b·n + g``, the order of :func:`~crossformer_mm.models.layers.group_partition`).
+Biases and masks given per group (leading dimension ``n``) are applied to group ``g`` of every
+image without being repeated over the batch: q, k, v are viewed as ``(B, n·heads, N, d)`` and
+the mask as ``(1, n·heads, N, N)``.
 """
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .chunking import needs_autograd, rows_per_chunk, tracing
 
 
 def mask_value(dtype: torch.dtype) -> float:
@@ -26,6 +36,24 @@ def mask_value(dtype: torch.dtype) -> float:
     cannot overflow.
     """
     return torch.finfo(dtype).min / 4
+
+
+def _num_groups(attn_bias: Optional[Tensor], attn_mask: Optional[Tensor],
+                key_padding_mask: Optional[Tensor]) -> int:
+    """Number ``n`` of groups the per-group bias / masks describe (1 if none is per group)."""
+    n = 1
+    for t, per_group_ndim in ((attn_bias, 4), (attn_mask, 3), (key_padding_mask, 2)):
+        if t is not None and t.ndim == per_group_ndim:
+            n = max(n, int(t.shape[0]))
+    return n
+
+
+def _group_slice(t: Optional[Tensor], per_group_ndim: int, start: int,
+                 stop: int) -> Optional[Tensor]:
+    """Groups ``start:stop`` of a per-group bias / mask (shared ones are returned as they are)."""
+    if t is None or t.ndim != per_group_ndim or t.shape[0] == 1:
+        return t
+    return t[start:stop]
 
 
 def build_attn_mask(num_heads: int, n_tokens: int, dtype: torch.dtype,
@@ -70,6 +98,51 @@ def build_attn_mask(num_heads: int, n_tokens: int, dtype: torch.dtype,
         raise ValueError(f'attention bias/mask of shape {tuple(out.shape)} does not broadcast '
                          f'to (n, {num_heads}, {n_tokens}, {n_tokens})')
     return out
+
+
+class _BiasedSoftmaxAttention(torch.autograd.Function):
+    """``softmax(scale·q·kᵀ + bias + mask) · v`` with a gradient for the bias.
+
+    ``q, k, v``: ``(B·n, heads, N, d)`` batch-major groups; ``bias``: ``(n | 1, heads, N, N)``
+    (needs a gradient, summed over the batch in the backward); ``mask``: constant
+    ``(n | 1, heads | 1, N, N)`` or None. Saves only q, k, v (views of the ``qkv`` projection,
+    which the backward of any implementation keeps) and the small bias and mask: the softmax is
+    recomputed in the backward instead of being stored (``heads·N²`` values per group, more than
+    q, k and v together for 7×7 windows), at the cost of one more ``q·kᵀ`` and softmax. The
+    backward is the softmax's: ``dS = P ⊙ (dP − rowsum(P ⊙ dP))``.
+    """
+
+    @staticmethod
+    def _probs(q: Tensor, k: Tensor, bias: Tensor, mask: Optional[Tensor], scale: float,
+               n: int) -> Tensor:
+        b_, heads, n_tok, _ = q.shape
+        s = torch.matmul(q, k.transpose(-2, -1)).view(b_ // n, n, heads, n_tok, n_tok)
+        s = s.mul_(scale).add_(bias)
+        if mask is not None:
+            s = s.add_(mask)
+        return s.view(b_, heads, n_tok, n_tok).softmax(-1)
+
+    @staticmethod
+    def forward(ctx, q: Tensor, k: Tensor, v: Tensor, bias: Tensor, mask: Optional[Tensor],
+                scale: float, n: int) -> Tensor:
+        p = _BiasedSoftmaxAttention._probs(q, k, bias, mask, scale, n)
+        ctx.save_for_backward(q, k, v, bias, mask)
+        ctx.scale, ctx.n = scale, n
+        return torch.matmul(p, v)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        q, k, v, bias, mask = ctx.saved_tensors
+        p = _BiasedSoftmaxAttention._probs(q, k, bias, mask, ctx.scale, ctx.n)
+        grad_v = torch.matmul(p.transpose(-2, -1), grad_out)
+        grad_s = torch.matmul(grad_out, v.transpose(-2, -1)).mul_(p)  # P ⊙ dP
+        grad_s = grad_s.sub_(p.mul_(grad_s.sum(-1, keepdim=True)))
+        del p
+        b_, heads, n_tok, _ = q.shape
+        grad_bias = grad_s.view(b_ // ctx.n, ctx.n, heads, n_tok, n_tok).sum_to_size(bias.shape)
+        grad_q = torch.matmul(grad_s, k).mul_(ctx.scale)
+        grad_k = torch.matmul(grad_s.transpose(-2, -1), q).mul_(ctx.scale)
+        return grad_q, grad_k, grad_v, grad_bias, None, None, None
 
 
 class Attention(nn.Module):
@@ -126,12 +199,23 @@ class Attention(nn.Module):
         b_, n_tok, c = x.shape
         if c != self.dim:
             raise ValueError(f'expected {self.dim} channels, got input of shape {tuple(x.shape)}')
-        mask = build_attn_mask(self.num_heads, n_tok, x.dtype, attn_bias, attn_mask,
-                               key_padding_mask)
-        n = 1 if mask is None else mask.shape[0]
+        n = _num_groups(attn_bias, attn_mask, key_padding_mask)
         if b_ % n:
             raise ValueError(f'batch of groups ({b_}) is not a multiple of the {n} groups the '
                              f'bias/mask describe')
+        fast = self.fused and not tracing()
+        if fast and not needs_autograd(x, attn_bias, self.qkv.weight, self.proj.weight):
+            per_group = (b_ // n) * n_tok * 3 * c * x.element_size()
+            chunk = rows_per_chunk(n if n > 1 else b_, per_group if n > 1 else per_group // b_)
+            if chunk:
+                return self._forward_chunked(x, n, chunk, attn_bias, attn_mask,
+                                             key_padding_mask, bias_from_q)
+        if (fast and attn_bias is not None and bias_from_q is None
+                and needs_autograd(attn_bias) and not (self.training and self.attn_drop.p > 0)):
+            return self._forward_learned_bias(x, n, attn_bias, attn_mask, key_padding_mask)
+        mask = build_attn_mask(self.num_heads, n_tok, x.dtype, attn_bias, attn_mask,
+                               key_padding_mask)
+        n = 1 if mask is None else mask.shape[0]
         qkv = self.qkv(x).reshape(b_, n_tok, 3, self.num_heads, self.head_dim)
         qkv = qkv.permute(2, 0, 3, 1, 4)  # 3, B_, heads, N, d
         if bias_from_q is not None:
@@ -146,19 +230,85 @@ class Attention(nn.Module):
             mask = mask.expand(n, self.num_heads, n_tok, n_tok).reshape(
                 1, n * self.num_heads, n_tok, n_tok)
         q, k, v = qkv.unbind(0)
-        if self.fused:
-            x = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=mask,
-                dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
-        else:
-            attn = (q * self.scale) @ k.transpose(-2, -1)
-            if mask is not None:
-                attn = attn + mask
-            attn = self.attn_drop(attn.softmax(dim=-1))
-            x = attn @ v
+        x = self._attend(q, k, v, mask)
         x = x.reshape(b_, self.num_heads, n_tok, self.head_dim).transpose(1, 2)
         x = x.reshape(b_, n_tok, c)
         return self.proj_drop(self.proj(x))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor]) -> Tensor:
+        """``softmax(q·kᵀ·scale + mask) · v`` on ``(B, H, N, d)`` tensors, fused or explicit."""
+        if self.fused:
+            return F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask,
+                dropout_p=self.attn_drop.p if self.training else 0.0, scale=self.scale)
+        attn = (q * self.scale) @ k.transpose(-2, -1)
+        if mask is not None:
+            attn = attn + mask
+        attn = self.attn_drop(attn.softmax(dim=-1))
+        return attn @ v
+
+    def _forward_learned_bias(self, x: Tensor, n: int, attn_bias: Tensor,
+                              attn_mask: Optional[Tensor],
+                              key_padding_mask: Optional[Tensor]) -> Tensor:
+        """Training with a position bias that needs a gradient (Swin's table, CrossFormer's DPB).
+
+        On the CPU, SDPA has no fused backward for a mask that requires a gradient and falls back
+        to its math path, which keeps scaled copies of q and k and the softmax for the backward;
+        :class:`_BiasedSoftmaxAttention` keeps none of them.
+        """
+        b_, n_tok, c = x.shape
+        mask = build_attn_mask(self.num_heads, n_tok, x.dtype, None, attn_mask, key_padding_mask)
+        bias = attn_bias.to(x.dtype)
+        while bias.ndim < 4:
+            bias = bias.unsqueeze(0)
+        if (bias.shape[1] != self.num_heads or bias.shape[-1] != n_tok
+                or bias.shape[0] not in (1, n)):
+            raise ValueError(f'attention bias of shape {tuple(attn_bias.shape)} does not broadcast '
+                             f'to ({n}, {self.num_heads}, {n_tok}, {n_tok})')
+        qkv = self.qkv(x).reshape(b_, n_tok, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # B_, heads, N, d
+        y = _BiasedSoftmaxAttention.apply(q, k, v, bias, mask, self.scale, n)
+        y = y.transpose(1, 2).reshape(b_, n_tok, c)
+        return self.proj_drop(self.proj(y))
+
+    def _forward_chunked(self, x: Tensor, n: int, chunk: int, attn_bias: Optional[Tensor],
+                         attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                         bias_from_q: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
+        """Inference over slices of the groups (``chunk`` group indices of every image when the
+        bias / masks are per group, else ``chunk`` rows of the batch of groups)."""
+        b_, n_tok, c = x.shape
+        bsz = b_ // n
+        out = torch.empty_like(x)
+        if n > 1:  # slice the group index; every image's groups start..stop at once
+            xs, outs = x.view(bsz, n, n_tok, c), out.view(bsz, n, n_tok, c)
+        for start in range(0, n if n > 1 else b_, chunk):
+            stop = min(start + chunk, n if n > 1 else b_)
+            if n > 1:
+                xc = xs[:, start:stop].reshape(-1, n_tok, c)
+                mask = build_attn_mask(self.num_heads, n_tok, x.dtype,
+                                       _group_slice(attn_bias, 4, start, stop),
+                                       _group_slice(attn_mask, 3, start, stop),
+                                       _group_slice(key_padding_mask, 2, start, stop))
+                if mask is not None and bsz > 1 and mask.shape[0] > 1:
+                    mask = mask.unsqueeze(0).expand(bsz, *mask.shape).reshape(
+                        -1, *mask.shape[1:])
+            else:
+                xc = x[start:stop]
+                mask = build_attn_mask(self.num_heads, n_tok, x.dtype, attn_bias, attn_mask,
+                                       key_padding_mask)
+            rows = xc.shape[0]
+            qkv = self.qkv(xc).view(rows, n_tok, 3, self.num_heads, self.head_dim)
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # rows, heads, N, d
+            if bias_from_q is not None:
+                q_bias = bias_from_q(q).to(x.dtype)
+                mask = q_bias if mask is None else q_bias + mask
+            y = self._attend(q, k, v, mask).transpose(1, 2).reshape(rows, n_tok, c)
+            y = self.proj_drop(self.proj(y))
+            if n > 1:
+                outs[:, start:stop] = y.view(bsz, stop - start, n_tok, c)
+            else:
+                out[start:stop] = y
+        return out
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, fused={self.fused}'

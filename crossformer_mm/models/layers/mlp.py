@@ -1,7 +1,10 @@
 """Transformer feed-forward block (``fc1 → act → drop → fc2 → drop``), timm/Swin layout."""
 from typing import Callable, Optional
 
+import torch
 from torch import Tensor, nn
+
+from .chunking import needs_autograd, rows_per_chunk, tracing
 
 
 class Mlp(nn.Module):
@@ -30,8 +33,39 @@ class Mlp(nn.Module):
         self.drop = nn.Dropout(drop)
 
     def forward(self, x: Tensor) -> Tensor:
+        rows = x.numel() // x.shape[-1]
+        chunk = 0
+        if not tracing() and not needs_autograd(x, self.fc1.weight, self.fc2.weight):
+            chunk = rows_per_chunk(rows, self.fc1.out_features * x.element_size())
+        if chunk:
+            return self._forward_chunked(x, chunk)
         x = self.drop(self.act(self.fc1(x)))
         return self.drop(self.fc2(x))
+
+    def _activate_(self, h: Tensor) -> Tensor:
+        """The activation, in place where it is GELU or ReLU (no autograd here)."""
+        if type(self.act) is nn.GELU:
+            return torch.ops.aten.gelu_(h, approximate=self.act.approximate)
+        if type(self.act) is nn.ReLU:
+            return h.relu_()
+        return self.act(h)
+
+    def _forward_chunked(self, x: Tensor, chunk: int) -> Tensor:
+        """Inference over slices of ``chunk`` tokens; the hidden activation of one slice is
+        all that exists of it at a time (see :mod:`.chunking`)."""
+        shape = x.shape
+        x2d = x.reshape(-1, shape[-1])
+        out = x2d.new_empty(x2d.shape[0], self.fc2.out_features)
+        weight2 = self.fc2.weight.t()
+        for start in range(0, x2d.shape[0], chunk):
+            h = self.drop(self._activate_(self.fc1(x2d[start:start + chunk])))
+            dst = out[start:start + chunk]
+            if self.fc2.bias is not None:
+                torch.addmm(self.fc2.bias, h, weight2, out=dst)
+            else:
+                torch.mm(h, weight2, out=dst)
+        out = out.view(*shape[:-1], self.fc2.out_features)
+        return self.drop(out) if self.drop.training and self.drop.p > 0 else out
 
 
 __all__ = ['Mlp']
