@@ -5,9 +5,10 @@ plain implementation, ``softmax(q·kᵀ·scale + bias + mask) · v`` with matmul
 once; it is kept for checking, export and FLOP counting. The fused path computes the same
 function and picks, per call:
 
-* inference (nothing needs a gradient): ``F.scaled_dot_product_attention`` over slices of the
-  groups (:mod:`.chunking`), so that the ``qkv`` projection, the folded mask and the output of
-  only one slice exist at a time;
+* inference (nothing needs a gradient): slices of the groups (:mod:`.chunking`), so that the
+  ``qkv`` projection and the output of only one slice exist at a time, each through the native
+  group-attention kernel (:func:`crossformer_mm.ops.group_attention`, float32 CPU: q, k, v read
+  in place, no ``N×N`` tensor) or else ``F.scaled_dot_product_attention``;
 * training with a position bias that needs a gradient: :class:`_BiasedSoftmaxAttention`, which
   keeps less for the backward than SDPA's CPU fallback;
 * otherwise: SDPA on whole tensors, the bias and the padding / shift masks folded into one
@@ -25,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from crossformer_mm.ops.group_attention import group_attention, group_attention_available
 from .chunking import needs_autograd, rows_per_chunk, tracing
 
 
@@ -206,10 +208,10 @@ class Attention(nn.Module):
         fast = self.fused and not tracing()
         if fast and not needs_autograd(x, attn_bias, self.qkv.weight, self.proj.weight):
             per_group = (b_ // n) * n_tok * 3 * c * x.element_size()
-            chunk = rows_per_chunk(n if n > 1 else b_, per_group if n > 1 else per_group // b_)
-            if chunk:
-                return self._forward_chunked(x, n, chunk, attn_bias, attn_mask,
-                                             key_padding_mask, bias_from_q)
+            total = n if n > 1 else b_
+            chunk = rows_per_chunk(total, per_group if n > 1 else per_group // b_) or total
+            return self._forward_chunked(x, n, chunk, attn_bias, attn_mask, key_padding_mask,
+                                         bias_from_q)
         if (fast and attn_bias is not None and bias_from_q is None
                 and needs_autograd(attn_bias) and not (self.training and self.attn_drop.p > 0)):
             return self._forward_learned_bias(x, n, attn_bias, attn_mask, key_padding_mask)
@@ -275,40 +277,73 @@ class Attention(nn.Module):
                          attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
                          bias_from_q: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
         """Inference over slices of the groups (``chunk`` group indices of every image when the
-        bias / masks are per group, else ``chunk`` rows of the batch of groups)."""
+        bias / masks are per group, else ``chunk`` rows of the batch of groups).
+
+        Each slice runs the native group-attention kernel
+        (:func:`crossformer_mm.ops.group_attention`: q, k, v read in place from the projection,
+        bias and masks added per row, no ``N×N`` tensor) on float32 CPU tensors, else SDPA.
+        """
         b_, n_tok, c = x.shape
         bsz = b_ // n
+        native = group_attention_available(x) and not (self.training and self.attn_drop.p > 0)
         out = torch.empty_like(x)
         if n > 1:  # slice the group index; every image's groups start..stop at once
             xs, outs = x.view(bsz, n, n_tok, c), out.view(bsz, n, n_tok, c)
         for start in range(0, n if n > 1 else b_, chunk):
             stop = min(start + chunk, n if n > 1 else b_)
+            xc = xs[:, start:stop].reshape(-1, n_tok, c) if n > 1 else x[start:stop]
+            bias, am, kpm = attn_bias, attn_mask, key_padding_mask
             if n > 1:
-                xc = xs[:, start:stop].reshape(-1, n_tok, c)
-                mask = build_attn_mask(self.num_heads, n_tok, x.dtype,
-                                       _group_slice(attn_bias, 4, start, stop),
-                                       _group_slice(attn_mask, 3, start, stop),
-                                       _group_slice(key_padding_mask, 2, start, stop))
-                if mask is not None and bsz > 1 and mask.shape[0] > 1:
-                    mask = mask.unsqueeze(0).expand(bsz, *mask.shape).reshape(
-                        -1, *mask.shape[1:])
-            else:
-                xc = x[start:stop]
-                mask = build_attn_mask(self.num_heads, n_tok, x.dtype, attn_bias, attn_mask,
-                                       key_padding_mask)
+                bias, am, kpm = (_group_slice(attn_bias, 4, start, stop),
+                                 _group_slice(attn_mask, 3, start, stop),
+                                 _group_slice(key_padding_mask, 2, start, stop))
             rows = xc.shape[0]
             qkv = self.qkv(xc).view(rows, n_tok, 3, self.num_heads, self.head_dim)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # rows, heads, N, d
-            if bias_from_q is not None:
-                q_bias = bias_from_q(q).to(x.dtype)
-                mask = q_bias if mask is None else q_bias + mask
-            y = self._attend(q, k, v, mask).transpose(1, 2).reshape(rows, n_tok, c)
-            y = self.proj_drop(self.proj(y))
+            if native:
+                y = self._native_slice(qkv, bias, am, kpm, bias_from_q)
+            else:
+                y = self._sdpa_slice(qkv, bsz if n > 1 else 1, bias, am, kpm, bias_from_q)
+            y = self.proj_drop(self.proj(y.reshape(rows, n_tok, c)))
             if n > 1:
                 outs[:, start:stop] = y.view(bsz, stop - start, n_tok, c)
             else:
                 out[start:stop] = y
         return out
+
+    def _native_slice(self, qkv: Tensor, bias: Optional[Tensor], attn_mask: Optional[Tensor],
+                      key_padding_mask: Optional[Tensor],
+                      bias_from_q: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
+        """One slice through the native kernel; returns ``(rows, N, heads, d)``."""
+        n_tok = qkv.shape[1]
+        if bias is not None:
+            bias = bias.to(qkv.dtype)
+            while bias.ndim < 4:
+                bias = bias.unsqueeze(0)
+        if bias_from_q is not None:  # one bias per row
+            q_bias = bias_from_q(qkv[:, :, 0].transpose(1, 2)).to(qkv.dtype)
+            if bias is not None:
+                q_bias = (q_bias.view(-1, bias.shape[0], *q_bias.shape[1:]) + bias).view(
+                    q_bias.shape)
+            bias = q_bias
+        mask = build_attn_mask(self.num_heads, n_tok, qkv.dtype, None, attn_mask,
+                               key_padding_mask)
+        return group_attention(qkv, bias, mask, self.scale)
+
+    def _sdpa_slice(self, qkv: Tensor, bsz: int, bias: Optional[Tensor],
+                    attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor],
+                    bias_from_q: Optional[Callable[[Tensor], Tensor]]) -> Tensor:
+        """One slice through SDPA; returns ``(rows, heads, ...)`` transposed to
+        ``(rows, N, heads, d)``. ``bsz`` images share the slice's per-group masks."""
+        n_tok = qkv.shape[1]
+        mask = build_attn_mask(self.num_heads, n_tok, qkv.dtype, bias, attn_mask,
+                               key_padding_mask)
+        if mask is not None and bsz > 1 and mask.shape[0] > 1:
+            mask = mask.unsqueeze(0).expand(bsz, *mask.shape).reshape(-1, *mask.shape[1:])
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # rows, heads, N, d
+        if bias_from_q is not None:
+            q_bias = bias_from_q(q).to(qkv.dtype)
+            mask = q_bias if mask is None else q_bias + mask
+        return self._attend(q, k, v, mask).transpose(1, 2)
 
     def extra_repr(self) -> str:
         return f'dim={self.dim}, num_heads={self.num_heads}, fused={self.fused}'

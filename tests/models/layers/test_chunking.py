@@ -70,7 +70,10 @@ def test_chunked_attention_with_query_bias():
             whole = attn(x, bias_from_q=bias_from_q)
         with inference_chunk_bytes(1):
             chunked = attn(x, bias_from_q=bias_from_q)
+        attn.fused = False
+        explicit = attn(x, bias_from_q=bias_from_q)
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked, explicit, rtol=1e-5, atol=1e-6)
 
 
 def test_no_chunking_with_autograd():

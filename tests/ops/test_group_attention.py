@@ -1,0 +1,96 @@
+"""Native group-attention kernel: values against the PyTorch reference, broadcasting, bad input,
+and its use by the attention layers for inference."""
+import pytest
+import torch
+
+from crossformer_mm.models.layers import Attention
+from crossformer_mm.models.layers import attention as attention_mod
+from crossformer_mm.models.layers.attention import mask_value
+from crossformer_mm.ops import (group_attention, group_attention_available,
+                                group_attention_reference)
+
+
+
+def test_available_for_float32_cpu():
+    assert group_attention_available(torch.empty(0))
+    assert not group_attention_available(torch.empty(0, dtype=torch.float64))
+
+
+@pytest.mark.parametrize('groups,n_tok,heads,dim', [(6, 49, 3, 32), (4, 70, 2, 48), (3, 7, 2, 64),
+                                                    (2, 1, 1, 8), (5, 130, 1, 16)])
+@pytest.mark.parametrize('nb,nm,key_padding', [(0, 0, False), (1, 0, False), (-1, -1, False),
+                                               (1, -1, True)])
+def test_matches_reference(groups, n_tok, heads, dim, nb, nm, key_padding):
+    torch.manual_seed(0)
+    qkv = torch.randn(groups, n_tok, 3, heads, dim)
+    nb = groups if nb == -1 else nb
+    nm = groups if nm == -1 else nm
+    bias = torch.randn(nb, heads, n_tok, n_tok) if nb else None
+    mask = None
+    if nm:
+        rows = 1 if key_padding else n_tok
+        blocked = torch.rand(nm, 1, rows, n_tok) > 0.6
+        mask = torch.zeros(blocked.shape).masked_fill_(blocked, mask_value(torch.float32))
+    out = group_attention(qkv, bias, mask, 0.21)
+    ref = group_attention_reference(qkv.double(), None if bias is None else bias.double(),
+                                    None if mask is None else mask.double(), 0.21)
+    assert out.shape == (groups, n_tok, heads, dim)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=2e-6)
+
+
+def test_fully_masked_rows_are_uniform():
+    qkv = torch.randn(2, 5, 3, 1, 8)
+    mask = torch.full((1, 1, 5, 5), mask_value(torch.float32))
+    out = group_attention(qkv, None, mask)
+    torch.testing.assert_close(out, qkv[:, :, 2].mean(1, keepdim=True).expand_as(out),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_default_scale_and_thread_counts():
+    torch.manual_seed(1)
+    qkv = torch.randn(16, 49, 3, 3, 32)
+    ref = group_attention_reference(qkv)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            torch.testing.assert_close(group_attention(qkv), ref, rtol=1e-5, atol=2e-6)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_bad_inputs():
+    qkv = torch.randn(4, 9, 3, 2, 8)
+    with pytest.raises(ValueError, match='qkv must be'):
+        group_attention(torch.randn(4, 9, 2, 2, 8))
+    with pytest.raises(ValueError, match='bias of shape'):
+        group_attention(qkv, torch.randn(3, 2, 9, 9))  # 3 does not divide 4 groups
+    with pytest.raises(ValueError, match='mask of shape'):
+        group_attention(qkv, None, torch.randn(1, 1, 9, 8))
+    with pytest.raises(RuntimeError, match='float32 CPU'):
+        group_attention(qkv.double())
+
+
+@pytest.mark.parametrize('per_group', [False, True])
+def test_attention_layer_uses_kernel_for_inference(per_group, monkeypatch):
+    torch.manual_seed(0)
+    attn = Attention(32, 4).eval()
+    groups, n_tok = 6, 9
+    x = torch.randn(2 * groups, n_tok, 32)
+    bias = torch.randn(4, n_tok, n_tok)
+    shift = (torch.rand(groups, n_tok, n_tok) > 0.7) if per_group else None
+    kpm = (torch.rand(groups, n_tok) > 0.8) if per_group else None
+    calls = []
+    real = attention_mod.group_attention
+    monkeypatch.setattr(attention_mod, 'group_attention',
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        native = attn(x, attn_bias=bias, attn_mask=shift, key_padding_mask=kpm)
+        assert calls
+        monkeypatch.setattr(attention_mod, 'group_attention_available', lambda x: False)
+        sdpa = attn(x, attn_bias=bias, attn_mask=shift, key_padding_mask=kpm)
+        attn.fused = False
+        explicit = attn(x, attn_bias=bias, attn_mask=shift, key_padding_mask=kpm)
+    assert len(calls) == 1
+    torch.testing.assert_close(native, sdpa, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(native, explicit, rtol=1e-5, atol=1e-6)
