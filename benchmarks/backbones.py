@@ -2,9 +2,10 @@
 
 Three families, each a list of (model, input, pass) cases on the CPU:
 
-* ``crossformer``: CrossFormer-T/S as shipped (``fused``: SDPA attention, chunked inference)
-  against ``plain``, the same model and weights computed the plain way (explicit
-  ``softmax(q·kᵀ·scale + bias + mask)·v``, whole tensors, no chunked inference), and against
+* ``crossformer``: CrossFormer-T/S as shipped (``fused``: the fast path — chunked inference,
+  native group attention / SDPA, oneDNN dense layers) against ``plain``, the same model and
+  weights computed the plain way (``set_fused_attn(False)``: explicit
+  ``softmax(q·kᵀ·scale + bias + mask)·v`` and ``F.linear`` on whole tensors), and against
   MMDetection's ``SwinTransformer`` (Swin-T) for scale.
 * ``swin``: ``CFSwinTransformer`` (Swin-T) against MMDetection 3.3.0's ``SwinTransformer`` with
   the same weights (upstream built with seed 0, its state dict converted and loaded into ours).
@@ -58,14 +59,11 @@ PAIRS = {
 def build(name: str, weights: Optional[str]):
     """A backbone by benchmark name; Swin/ViT models load the shared upstream weights."""
     import torch
-    from crossformer_mm.models.layers.chunking import set_inference_chunk_bytes
     if name.startswith('crossformer'):
         from crossformer_mm.models.backbones.crossformer import CrossFormer
         _, size, path = name.split('-')
         model = CrossFormer({'t': 'tiny', 's': 'small'}[size], drop_path_rate=0.0)
-        model.set_fused_attn(path == 'fused')
-        if path == 'plain':
-            set_inference_chunk_bytes(0)
+        model.set_fused_attn(path == 'fused')  # plain: explicit attention, whole-tensor F.linear
         return model
     sd = torch.load(weights, map_location='cpu', weights_only=True) if weights else None
     if name == 'swin-t-mmdet':

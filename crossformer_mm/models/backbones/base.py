@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...compat.checkpoint import CheckpointLoadError, load_local_checkpoint
-from ..layers import Attention
+from ..layers import Attention, Mlp
 
 
 class BackboneBase(BaseModule):
@@ -97,10 +97,13 @@ class BackboneBase(BaseModule):
         return self
 
     def set_fused_attn(self, fused: bool) -> None:
-        """Switch every attention between SDPA (True) and the explicit path (False)."""
+        """Switch every attention and MLP between the fast path (True) and the plain path
+        (False: explicit softmax attention, whole-tensor ``F.linear`` layers)."""
         for m in self.modules():
             if isinstance(m, Attention):
                 m.fused = fused
+            elif isinstance(m, Mlp):
+                m.fast = fused
 
     def forward_head(self, feats: Union[Tensor, Sequence[Tensor]]) -> Tensor:
         """Logits of a hierarchical backbone from its last stage map (``forward``'s last output):

@@ -130,7 +130,8 @@ class CrossFormerBlock(nn.Module):
         dpb_residual: Residual DPB.
         use_acl: Adaptive cooling layer: the block output is replaced by
             ``LayerNorm(depthwise3x3(x))`` (``ex_conv``, ``ex_ln``), no skip.
-        fused_attn: SDPA (True) or explicit attention.
+        fused_attn: Fast attention path (True; see :class:`~crossformer_mm.models.layers.Attention`)
+            or the plain explicit softmax path (False).
         norm_layer: Norm class.
         act_layer: MLP activation class.
     """
@@ -282,7 +283,9 @@ class CrossFormer(BackboneBase):
             default ``num_classes > 0``.
         num_classes: > 0 adds the official ``head`` Linear, used by :meth:`forward_head`.
         with_cp: Gradient checkpointing of the blocks.
-        fused_attn: SDPA attention (True) or the explicit softmax path (False).
+        fused_attn: Fast attention path (True: native kernel / SDPA, chunked inference; see
+            :class:`~crossformer_mm.models.layers.Attention`) or the plain explicit softmax path
+            (False).
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads a
             (converted or official) checkpoint with :func:`load_crossformer_checkpoint`.
     """

@@ -83,7 +83,8 @@ class SwinBlock(nn.Module):
         drop: Dropout after proj and in the MLP.
         attn_drop: Attention dropout.
         drop_path: Stochastic depth rate.
-        fused_attn: SDPA (True) or explicit attention.
+        fused_attn: Fast attention path (True; see :class:`~crossformer_mm.models.layers.Attention`)
+            or the plain explicit softmax path (False).
         norm_layer: Norm class.
         act_layer: MLP activation class.
     """
@@ -194,7 +195,9 @@ class CFSwinTransformer(BackboneBase):
         norm_eval: Keep BatchNorm layers (if a custom norm uses them) in eval mode in training.
         num_classes: > 0 adds a ``head`` Linear used by :meth:`forward_head`.
         with_cp: Gradient checkpointing of the blocks.
-        fused_attn: SDPA attention (True) or the explicit softmax path (False).
+        fused_attn: Fast attention path (True: native kernel / SDPA, chunked inference; see
+            :class:`~crossformer_mm.models.layers.Attention`) or the plain explicit softmax path
+            (False).
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads an
             official, timm, MMDetection/MMPretrain or converted checkpoint with
             :func:`load_swin_checkpoint` (``prefix`` optional).

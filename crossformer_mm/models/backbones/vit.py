@@ -93,7 +93,8 @@ class ViTBlock(nn.Module):
         drop_path: Stochastic depth rate.
         window_size: 0 for global attention, else the window side.
         rel_pos_size: Grid of the relative-position tables, or None.
-        fused_attn: SDPA (True) or explicit attention.
+        fused_attn: Fast attention path (True; see :class:`~crossformer_mm.models.layers.Attention`)
+            or the plain explicit softmax path (False).
         norm_layer: Norm class.
         act_layer: MLP activation class.
     """
@@ -225,7 +226,9 @@ class CFVisionTransformer(BackboneBase):
         frozen_stages: Freeze the embeddings (0) and blocks ``< frozen_stages``; -1: nothing.
         norm_eval: Keep BatchNorm layers (if any) in eval mode in training.
         with_cp: Gradient checkpointing of the blocks.
-        fused_attn: SDPA attention (True) or the explicit softmax path (False).
+        fused_attn: Fast attention path (True: native kernel / SDPA, chunked inference; see
+            :class:`~crossformer_mm.models.layers.Attention`) or the plain explicit softmax path
+            (False).
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads a
             timm / DeiT / MAE / MMSegmentation / MMPretrain / converted checkpoint with
             :func:`load_vit_checkpoint` (``prefix`` optional).

@@ -11,12 +11,21 @@ its consumer. Training (anything that needs gradients) always takes the unchunke
 
 The budget is one process-wide setting: :func:`set_inference_chunk_bytes` (0 disables chunking),
 or the :func:`inference_chunk_bytes` context manager.
+
+The slices' dense layers go through :func:`inference_linear`: on float32 CPU tensors it calls
+oneDNN's matmul (``torch.ops.mkldnn._linear_pointwise``, with the GELU / ReLU fused in where the
+MLP has one) instead of ``F.linear``'s BLAS call. Same function; on this project's AVX-512 CPU
+oneDNN ran the backbones' layer shapes about twice as fast (for example 1024×768 → 3072: 14 ms
+instead of 32 ms), since the BLAS build that ``F.linear`` uses here does not reach AVX-512 speed.
+``F.linear`` remains the path everywhere else (training, other devices and dtypes) and whenever
+the oneDNN op is unavailable.
 """
 from contextlib import contextmanager
 from typing import Iterator, Optional
 
 import torch
-from torch import Tensor
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 _CHUNK_BYTES = 8 << 20
 
@@ -60,6 +69,37 @@ def needs_autograd(*tensors: Optional[Tensor]) -> bool:
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
+def _probe_onednn() -> bool:
+    """Whether oneDNN's fused linear op exists and computes ``F.linear`` here."""
+    try:
+        x, w, b = torch.randn(3, 5), torch.randn(4, 5), torch.randn(4)
+        y = torch.ops.mkldnn._linear_pointwise(x, w, b, 'none', [], '')
+        return bool(torch.allclose(y, F.linear(x, w, b), rtol=1e-5, atol=1e-5))
+    except Exception:  # op missing (torch built without mkldnn) or a changed signature
+        return False
+
+
+_ONEDNN: Optional[bool] = None
+_FUSED_ACTS = {nn.GELU: 'gelu', nn.ReLU: 'relu'}
+
+
+def inference_linear(x: Tensor, layer: nn.Linear, act: Optional[nn.Module] = None) -> Tensor:
+    """``act(layer(x))`` for inference (no autograd): oneDNN's matmul on float32 CPU tensors,
+    with GELU (exact or tanh) and ReLU fused into it; ``F.linear`` otherwise."""
+    global _ONEDNN
+    if x.device.type == 'cpu' and x.dtype == torch.float32 and layer.weight.dtype == x.dtype:
+        if _ONEDNN is None:
+            _ONEDNN = _probe_onednn()
+        if _ONEDNN:
+            name = _FUSED_ACTS.get(type(act)) if act is not None else 'none'
+            if name is not None:
+                algorithm = getattr(act, 'approximate', 'none') if name == 'gelu' else ''
+                return torch.ops.mkldnn._linear_pointwise(x, layer.weight, layer.bias, name, [],
+                                                          algorithm)
+    y = F.linear(x, layer.weight, layer.bias)
+    return y if act is None else act(y)
+
+
 def rows_per_chunk(total_rows: int, bytes_per_row: int) -> int:
     """Rows per slice under the budget, or 0 when one slice would hold them all (or chunking
     is off)."""
@@ -70,4 +110,4 @@ def rows_per_chunk(total_rows: int, bytes_per_row: int) -> int:
 
 
 __all__ = ['get_inference_chunk_bytes', 'set_inference_chunk_bytes', 'inference_chunk_bytes',
-           'needs_autograd', 'rows_per_chunk', 'tracing']
+           'needs_autograd', 'rows_per_chunk', 'tracing', 'inference_linear']

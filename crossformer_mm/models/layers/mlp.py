@@ -4,7 +4,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .chunking import needs_autograd, rows_per_chunk, tracing
+from .chunking import inference_linear, needs_autograd, rows_per_chunk, tracing
 
 
 class Mlp(nn.Module):
@@ -19,6 +19,9 @@ class Mlp(nn.Module):
         act_layer: Activation class, called without arguments.
         drop: Dropout after the activation and after ``fc2``.
         bias: Whether the two Linear layers have biases.
+
+    Attribute ``fast`` (default True): inference (no autograd) runs over token slices with the
+    activation fused into ``fc1`` (:mod:`.chunking`); False keeps the plain whole-tensor path.
     """
 
     def __init__(self, in_features: int, hidden_features: Optional[int] = None,
@@ -31,39 +34,27 @@ class Mlp(nn.Module):
         self.act = act_layer()
         self.fc2 = nn.Linear(hidden_features, out_features, bias=bias)
         self.drop = nn.Dropout(drop)
+        self.fast = True
 
     def forward(self, x: Tensor) -> Tensor:
-        rows = x.numel() // x.shape[-1]
-        chunk = 0
-        if not tracing() and not needs_autograd(x, self.fc1.weight, self.fc2.weight):
-            chunk = rows_per_chunk(rows, self.fc1.out_features * x.element_size())
-        if chunk:
+        if self.fast and not tracing() and not needs_autograd(x, self.fc1.weight,
+                                                              self.fc2.weight):
+            rows = x.numel() // x.shape[-1]
+            chunk = rows_per_chunk(rows, self.fc1.out_features * x.element_size()) or rows
             return self._forward_chunked(x, chunk)
         x = self.drop(self.act(self.fc1(x)))
         return self.drop(self.fc2(x))
 
-    def _activate_(self, h: Tensor) -> Tensor:
-        """The activation, in place where it is GELU or ReLU (no autograd here)."""
-        if type(self.act) is nn.GELU:
-            return torch.ops.aten.gelu_(h, approximate=self.act.approximate)
-        if type(self.act) is nn.ReLU:
-            return h.relu_()
-        return self.act(h)
-
     def _forward_chunked(self, x: Tensor, chunk: int) -> Tensor:
         """Inference over slices of ``chunk`` tokens; the hidden activation of one slice is
-        all that exists of it at a time (see :mod:`.chunking`)."""
+        all that exists of it at a time, and the activation is fused into ``fc1`` where oneDNN
+        runs it (see :mod:`.chunking`)."""
         shape = x.shape
         x2d = x.reshape(-1, shape[-1])
         out = x2d.new_empty(x2d.shape[0], self.fc2.out_features)
-        weight2 = self.fc2.weight.t()
         for start in range(0, x2d.shape[0], chunk):
-            h = self.drop(self._activate_(self.fc1(x2d[start:start + chunk])))
-            dst = out[start:start + chunk]
-            if self.fc2.bias is not None:
-                torch.addmm(self.fc2.bias, h, weight2, out=dst)
-            else:
-                torch.mm(h, weight2, out=dst)
+            h = self.drop(inference_linear(x2d[start:start + chunk], self.fc1, self.act))
+            out[start:start + chunk] = inference_linear(h, self.fc2)
         out = out.view(*shape[:-1], self.fc2.out_features)
         return self.drop(out) if self.drop.training and self.drop.p > 0 else out
 

@@ -7,14 +7,26 @@ from crossformer_mm.models.backbones.crossformer import CrossFormer
 from crossformer_mm.models.backbones.swin import CFSwinTransformer
 from crossformer_mm.models.layers import Attention, Mlp
 from crossformer_mm.models.layers import attention as attention_mod
+from crossformer_mm.models.layers import mlp as mlp_mod
 from crossformer_mm.models.layers.chunking import (get_inference_chunk_bytes,
                                                    inference_chunk_bytes,
                                                    set_inference_chunk_bytes)
 
 
-def count_calls(module: nn.Module):
+def count_calls(module: nn.Module, monkeypatch=None):
+    """Calls of ``module`` (a Linear), as a module or through ``inference_linear``."""
     calls = []
     module.register_forward_hook(lambda *_: calls.append(1))
+    if monkeypatch is not None:
+        for mod in (attention_mod, mlp_mod):
+            real = mod.inference_linear
+
+            def spy(x, layer, *args, _real=real):
+                if layer is module:
+                    calls.append(1)
+                return _real(x, layer, *args)
+
+            monkeypatch.setattr(mod, 'inference_linear', spy)
     return calls
 
 
@@ -32,7 +44,7 @@ def test_budget_context_restores():
 
 
 @pytest.mark.parametrize('batch,groups,per_group', [(3, 1, False), (1, 6, True), (2, 6, True)])
-def test_chunked_attention_equals_whole(batch, groups, per_group):
+def test_chunked_attention_equals_whole(batch, groups, per_group, monkeypatch):
     torch.manual_seed(0)
     attn = Attention(32, 4).eval()
     n_tok = 9
@@ -43,7 +55,7 @@ def test_chunked_attention_equals_whole(batch, groups, per_group):
     with torch.no_grad():
         with inference_chunk_bytes(0):
             whole = attn(x, attn_bias=bias, attn_mask=shift, key_padding_mask=kpm)
-        calls = count_calls(attn.qkv)
+        calls = count_calls(attn.qkv, monkeypatch)
         rows = batch if per_group else 1  # rows of x per group index
         with inference_chunk_bytes(2 * rows * n_tok * 3 * 32 * 4):  # two per slice
             chunked = attn(x, attn_bias=bias, attn_mask=shift, key_padding_mask=kpm)
@@ -76,9 +88,9 @@ def test_chunked_attention_with_query_bias():
     torch.testing.assert_close(chunked, explicit, rtol=1e-5, atol=1e-6)
 
 
-def test_no_chunking_with_autograd():
+def test_no_chunking_with_autograd(monkeypatch):
     attn = Attention(16, 2)
-    calls = count_calls(attn.qkv)
+    calls = count_calls(attn.qkv, monkeypatch)
     x = torch.randn(6, 4, 16, requires_grad=True)
     with inference_chunk_bytes(1):
         attn(x).sum().backward()
@@ -87,18 +99,21 @@ def test_no_chunking_with_autograd():
 
 @pytest.mark.parametrize('act', [nn.GELU, nn.ReLU, nn.SiLU])
 @pytest.mark.parametrize('bias', [True, False])
-def test_chunked_mlp_equals_whole(act, bias):
+def test_chunked_mlp_equals_whole(act, bias, monkeypatch):
     torch.manual_seed(0)
     mlp = Mlp(8, 32, act_layer=act, bias=bias).eval()
     x = torch.randn(2, 5, 7, 8)
     with torch.no_grad():
         with inference_chunk_bytes(0):
             whole = mlp(x)
-        calls = count_calls(mlp.fc1)
+        calls = count_calls(mlp.fc1, monkeypatch)
         with inference_chunk_bytes(32 * 4 * 16):  # 16 tokens per slice
             chunked = mlp(x)
-    assert len(calls) == 5  # 70 tokens
+        mlp.fast = False  # the plain path: whole tensors, F.linear
+        plain = mlp(x)
+    assert len(calls) == 5 + 1  # 70 tokens in 5 slices, then the plain call
     torch.testing.assert_close(chunked, whole, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(chunked, plain, rtol=1e-5, atol=1e-6)
     assert chunked.shape == (2, 5, 7, 8)
 
 
@@ -154,3 +169,28 @@ def test_backbones_chunked_inference(build):
             chunked = model(x)
     for a, b in zip(chunked, whole):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_inference_linear_matches_linear():
+    """oneDNN (float32 CPU, fused activations) and the F.linear fallback compute F.linear."""
+    from crossformer_mm.models.layers.chunking import inference_linear
+    torch.manual_seed(0)
+    layer = nn.Linear(48, 80)
+    x = torch.randn(3, 37, 48)
+    for act in (None, nn.GELU(), nn.GELU(approximate='tanh'), nn.ReLU(), nn.SiLU()):
+        ref = layer(x) if act is None else act(layer(x))
+        with torch.no_grad():
+            torch.testing.assert_close(inference_linear(x, layer, act), ref, rtol=1e-5,
+                                       atol=1e-5)
+            torch.testing.assert_close(inference_linear(x.double(), layer.double(), act),
+                                       ref.double(), rtol=1e-5, atol=1e-5)
+        layer.float()
+
+
+def test_set_fused_attn_switches_mlp_too():
+    model = CFSwinTransformer('tiny')
+    model.set_fused_attn(False)
+    assert all(not m.fast for m in model.modules() if isinstance(m, Mlp))
+    assert all(not m.fused for m in model.modules() if isinstance(m, Attention))
+    model.set_fused_attn(True)
+    assert all(m.fast for m in model.modules() if isinstance(m, Mlp))
