@@ -213,9 +213,11 @@ class Attention(nn.Module):
                              f'bias/mask describe')
         fast = self.fused and not tracing()
         if fast and not needs_autograd(x, attn_bias, self.qkv.weight, self.proj.weight):
-            per_group = (b_ // n) * n_tok * 3 * c * x.element_size()
-            total = n if n > 1 else b_
-            chunk = rows_per_chunk(total, per_group if n > 1 else per_group // b_) or total
+            # a slice takes group indices (every image's) when masks are per group, else rows
+            total, images = (n, b_ // n) if n > 1 else (b_, 1)
+            chunk = rows_per_chunk(total, images * n_tok * 3 * c * x.element_size()) or total
+            if chunk == 0:  # no groups at all
+                return self.proj(x)
             return self._forward_chunked(x, n, chunk, attn_bias, attn_mask, key_padding_mask,
                                          bias_from_q)
         if (fast and attn_bias is not None and bias_from_q is None

@@ -41,7 +41,8 @@ class Mlp(nn.Module):
                                                               self.fc2.weight):
             rows = x.numel() // x.shape[-1]
             chunk = rows_per_chunk(rows, self.fc1.out_features * x.element_size()) or rows
-            return self._forward_chunked(x, chunk)
+            if chunk:
+                return self._forward_chunked(x, chunk)
         x = self.drop(self.act(self.fc1(x)))
         return self.drop(self.fc2(x))
 
