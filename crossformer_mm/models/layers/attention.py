@@ -9,8 +9,8 @@ function and picks, per call:
   ``qkv`` projection and the output of only one slice exist at a time, each through the native
   group-attention kernel (:func:`crossformer_mm.ops.group_attention`, float32 CPU: q, k, v read
   in place, no ``N×N`` tensor) or else ``F.scaled_dot_product_attention``;
-* training with a position bias that needs a gradient: :class:`_BiasedSoftmaxAttention`, which
-  keeps less for the backward than SDPA's CPU fallback;
+* training on the CPU with a position bias that needs a gradient:
+  :class:`_BiasedSoftmaxAttention`, which keeps less for the backward than SDPA's CPU fallback;
 * otherwise: SDPA on whole tensors, the bias and the padding / shift masks folded into one
   ``attn_mask``.
 
@@ -220,8 +220,9 @@ class Attention(nn.Module):
                 return self.proj(x)
             return self._forward_chunked(x, n, chunk, attn_bias, attn_mask, key_padding_mask,
                                          bias_from_q)
-        if (fast and attn_bias is not None and bias_from_q is None
+        if (fast and x.device.type == 'cpu' and attn_bias is not None and bias_from_q is None
                 and needs_autograd(attn_bias) and not (self.training and self.attn_drop.p > 0)):
+            # CUDA SDPA has fused kernels with a bias gradient; the CPU one does not
             return self._forward_learned_bias(x, n, attn_bias, attn_mask, key_padding_mask)
         mask = build_attn_mask(self.num_heads, n_tok, x.dtype, attn_bias, attn_mask,
                                key_padding_mask)
