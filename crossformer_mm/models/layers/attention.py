@@ -63,6 +63,14 @@ def _group_slice(t: Optional[Tensor], per_group_ndim: int, start: int,
     return t[start:stop]
 
 
+def _bias_4d(bias: Tensor, dtype: torch.dtype) -> Tensor:
+    """A bias ``(N, N)``, ``(heads, N, N)`` or ``(n, heads, N, N)`` as a 4-D tensor of ``dtype``."""
+    bias = bias.to(dtype)
+    while bias.ndim < 4:
+        bias = bias.unsqueeze(0)
+    return bias
+
+
 def build_attn_mask(num_heads: int, n_tokens: int, dtype: torch.dtype,
                     attn_bias: Optional[Tensor] = None, attn_mask: Optional[Tensor] = None,
                     key_padding_mask: Optional[Tensor] = None) -> Optional[Tensor]:
@@ -83,9 +91,7 @@ def build_attn_mask(num_heads: int, n_tokens: int, dtype: torch.dtype,
     """
     out: Optional[Tensor] = None
     if attn_bias is not None:
-        out = attn_bias.to(dtype)
-        while out.ndim < 4:
-            out = out.unsqueeze(0)
+        out = _bias_4d(attn_bias, dtype)
     neg = mask_value(dtype)
     if attn_mask is not None:
         m = attn_mask
@@ -269,9 +275,7 @@ class Attention(nn.Module):
         """
         b_, n_tok, c = x.shape
         mask = build_attn_mask(self.num_heads, n_tok, x.dtype, None, attn_mask, key_padding_mask)
-        bias = attn_bias.to(x.dtype)
-        while bias.ndim < 4:
-            bias = bias.unsqueeze(0)
+        bias = _bias_4d(attn_bias, x.dtype)
         if (bias.shape[1] != self.num_heads or bias.shape[-1] != n_tok
                 or bias.shape[0] not in (1, n)):
             raise ValueError(f'attention bias of shape {tuple(attn_bias.shape)} does not broadcast '
@@ -329,9 +333,7 @@ class Attention(nn.Module):
         """One slice through the native kernel; returns ``(rows, N, heads, d)``."""
         n_tok = qkv.shape[1]
         if bias is not None:
-            bias = bias.to(qkv.dtype)
-            while bias.ndim < 4:
-                bias = bias.unsqueeze(0)
+            bias = _bias_4d(bias, qkv.dtype)
         if bias_from_q is not None:  # one bias per row
             q_bias = bias_from_q(qkv[:, :, 0].transpose(1, 2)).to(qkv.dtype)
             if bias is not None:
