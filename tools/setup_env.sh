@@ -3,7 +3,8 @@
 # package, its tools and its tests need. Idempotent: a second run with nothing changed only checks
 # a stamp and a few imports, and never rebuilds mmcv.
 #
-#   bash tools/setup_env.sh            # CPU machine: torch 2.13.0 from the local/registry wheel
+#   bash tools/setup_env.sh            # torch 2.14.1 + torchvision 0.29.1 (the users' stack)
+#   CFM_TORCH=torch==2.13.0 bash tools/setup_env.sh   # the CPU-only torch, without torchvision
 #   PYTHON=/path/to/python bash tools/setup_env.sh
 #
 # Environment knobs:
@@ -11,16 +12,19 @@
 #   CFM_VENV      where the environment lives (default: <repo>/.venv)
 #   CFM_CACHE     where the built mmcv wheel is kept between environments
 #                 (default: ~/.cache/crossformer_mm)
-#   CFM_TORCH     torch requirement on machines without a CUDA torch (default: torch==2.13.0)
+#   CFM_TORCH     torch (and torchvision) requirements on machines without a CUDA torch
+#                 (default: "torch==2.14.1 torchvision==0.29.1": CUDA builds, which also run on a
+#                 CPU-only machine; "torch==2.13.0" selects the CPU-only wheel without torchvision)
 # If the interpreter already has a CUDA build of torch, the environment is created with
-# --system-site-packages and that torch is kept; mmcv is then built with its CUDA ops.
+# --system-site-packages and that torch (and its torchvision, if any) is kept; mmcv is then built
+# with its CUDA ops when a GPU is visible.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${CFM_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 CACHE=${CFM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crossformer_mm}
-TORCH_REQ=${CFM_TORCH:-torch==2.13.0}
+TORCH_REQ=${CFM_TORCH:-torch==2.14.1 torchvision==0.29.1}
 MMCV_VERSION=2.1.0
 START=$(date +%s)
 
@@ -72,7 +76,8 @@ log "installing build tools"
 pip_install -q -r "$ROOT/requirements/build.txt" "numpy>=2,<3"
 if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   log "installing $TORCH_REQ"
-  pip_install -q "$TORCH_REQ"
+  # shellcheck disable=SC2086  (the knob holds several requirements)
+  pip_install -q $TORCH_REQ
 fi
 TORCH_TAG=$("$VPY" -c "import torch; print(torch.__version__.replace('+', '_'))")
 WITH_CUDA=$("$VPY" -c "import torch; print(int(bool(torch.version.cuda) and torch.cuda.is_available()))")
@@ -84,11 +89,25 @@ if ! "$VPY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION
   WHEEL_DIR="$CACHE/wheels/torch-$TORCH_TAG-cuda$WITH_CUDA"
   mkdir -p "$WHEEL_DIR"
   if ! ls "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
-    log "building mmcv $MMCV_VERSION with ops (this takes ~11 minutes on 2 cores; done once per machine)"
+    log "building mmcv $MMCV_VERSION with ops (about 14 minutes on 2 cores; done once per torch build)"
     export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
     if [ "$WITH_CUDA" = 1 ]; then export FORCE_CUDA=1; fi
-    "$VPY" -m pip wheel --no-deps --no-build-isolation --no-binary mmcv \
-      -w "$WHEEL_DIR" "mmcv==$MMCV_VERSION" 2>&1 | { grep -v "^WARNING: Location" || true; }
+    SRC=$(mktemp -d)
+    "$VPY" -m pip download --disable-pip-version-check --no-deps --no-build-isolation \
+      --no-binary :all: -d "$SRC" \
+      "mmcv==$MMCV_VERSION" 2>&1 | { grep -v "^WARNING: Location" || true; }
+    tar -xzf "$SRC"/mmcv-"$MMCV_VERSION".tar.gz -C "$SRC"
+    # torch >= 2.14's headers require C++20; mmcv's setup.py hard-codes -std=c++14/-std=c++17.
+    if "$VPY" -c "import torch, sys; v = tuple(map(int, torch.__version__.split('+')[0].split('.')[:2])); sys.exit(0 if v >= (2, 14) else 1)"; then
+      log "torch >= 2.14: compiling mmcv with -std=c++20"
+      sed -i -e 's/-std=c++14/-std=c++20/g' -e 's/-std=c++17/-std=c++20/g' \
+        "$SRC/mmcv-$MMCV_VERSION/setup.py"
+    fi
+    # --no-cache-dir: pip's own wheel cache would hand back a build made for another torch.
+    "$VPY" -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir \
+      -w "$WHEEL_DIR" "$SRC/mmcv-$MMCV_VERSION" 2>&1 | { grep -v "^WARNING: Location" || true; }
+    rm -rf "$SRC"
+    ls "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null
   fi
   log "installing mmcv from $WHEEL_DIR"
   pip_install -q --no-deps "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl
