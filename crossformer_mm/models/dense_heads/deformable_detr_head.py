@@ -9,6 +9,7 @@ arguments, branches (``cls_branches``/``reg_branches``), losses and state dict.
 from mmdet.models.dense_heads import DeformableDETRHead
 
 from crossformer_mm.registry import MMDET_MODELS, register_model
+from ..detectors.utils import check_positive_int
 
 __all__ = ['CFDeformableDETRHead']
 
@@ -23,8 +24,7 @@ class CFDeformableDETRHead(DeformableDETRHead):
 
     def __init__(self, num_classes: int, *args, share_pred_layer: bool = False,
                  num_pred_layer: int = 6, as_two_stage: bool = False, **kwargs) -> None:
-        for name, value in (('num_classes', num_classes), ('num_pred_layer', num_pred_layer)):
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f'{name} must be a positive int, got {value!r}')
+        check_positive_int(num_classes, 'num_classes')
+        check_positive_int(num_pred_layer, 'num_pred_layer')
         super().__init__(num_classes, *args, share_pred_layer=share_pred_layer,
                          num_pred_layer=num_pred_layer, as_two_stage=as_two_stage, **kwargs)

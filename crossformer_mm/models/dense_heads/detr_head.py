@@ -13,6 +13,7 @@ import torch
 from mmdet.models.dense_heads import DETRHead
 
 from crossformer_mm.registry import MMDET_MODELS, register_model
+from ..detectors.utils import check_positive_int
 
 __all__ = ['CFDETRHead']
 
@@ -54,8 +55,7 @@ class CFDETRHead(DETRHead):
 
     def __init__(self, num_classes: int, *args, loss_cls: Optional[dict] = None,
                  **kwargs) -> None:
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
-            raise ValueError(f'num_classes must be a positive int, got {num_classes!r}')
+        check_positive_int(num_classes, 'num_classes')
         if loss_cls is None:
             loss_cls = dict(type='CrossEntropyLoss', bg_cls_weight=0.1, use_sigmoid=False,
                             loss_weight=1.0, class_weight=1.0)

@@ -1,4 +1,5 @@
-"""Build-time and run-time checks shared by the DETR-family detectors.
+"""What the DETR-family detectors share: build-time and run-time checks, and
+:class:`DETRFamilyMixin` (the package's attention in MMDetection's transformers, checked features).
 
 MMDetection's DETR detectors accept inconsistent configs (a neck whose ``in_channels`` disagree
 with the backbone, ``num_feature_levels`` that disagree with the neck, ``num_queries <= 0``) and
@@ -6,10 +7,13 @@ fail later, deep inside a convolution, ``torch.topk`` or the deformable attentio
 that does not name the setting. These helpers turn such configs into ``ValueError``s that name the
 argument and the expected value.
 """
-from typing import Any, List, Optional, Sequence, Tuple
+import inspect
+from typing import Any, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
+
+from ..layers.detr_layers import swap_attention
 
 
 def check_positive_int(value: Any, name: str) -> None:
@@ -25,29 +29,19 @@ def check_required(cfg: Any, name: str, detector: str) -> None:
 
 
 def backbone_out_channels(backbone: nn.Module) -> Optional[List[int]]:
-    """Channels of each output of ``backbone`` as far as its attributes tell, else ``None``.
+    """Channels of each output of ``backbone``, or ``None`` if the backbone does not say.
 
-    Understands an ``out_channels`` list, ``num_features`` + ``out_indices`` (Swin, CrossFormer
-    and the package's other hierarchical backbones) and mmdet's ``ResNet`` family
-    (``block.expansion * base_channels * 2**i``).
+    The package's backbones declare them (``output_shape()``, one
+    :class:`~crossformer_mm.models.backbones.base.ShapeSpec` per output); mmdet's ``ResNet``
+    family is read from its layout (``block.expansion * base_channels * 2**i``).
     """
-    out_channels = getattr(backbone, 'out_channels', None)
-    if isinstance(out_channels, (list, tuple)) and all(isinstance(c, int) for c in out_channels):
-        return list(out_channels)
+    output_shape = getattr(backbone, 'output_shape', None)
+    if callable(output_shape):
+        return [int(s.channels) for s in output_shape()]
     out_indices = getattr(backbone, 'out_indices', None)
-    if out_indices is None:
-        return None
-    if isinstance(out_indices, int):
-        out_indices = (out_indices, )
-    num_features = getattr(backbone, 'num_features', None)
-    if isinstance(num_features, (list, tuple)):
-        try:
-            return [int(num_features[i]) for i in out_indices]
-        except (IndexError, TypeError):
-            return None
     block = getattr(backbone, 'block', None)
     base = getattr(backbone, 'base_channels', None)
-    if block is not None and hasattr(block, 'expansion') and isinstance(base, int) and \
+    if out_indices is not None and hasattr(block, 'expansion') and isinstance(base, int) and \
             hasattr(backbone, 'stage_blocks'):
         return [block.expansion * base * 2**i for i in out_indices]
     return None
@@ -147,17 +141,117 @@ def check_levels(detector: str, num_levels: int, feats: Sequence[Tensor]) -> Non
                          f'{len(feats)} feature maps')
 
 
-class CheckedFeatureMixin:
-    """``extract_feat`` of the package's DETR detectors: channels-last images, checked neck.
+def _cfg_get(cfg: Optional[Mapping], *keys: str, default: Any = None) -> Any:
+    """``cfg[k0][k1]...``, or ``default`` where a level is missing."""
+    for key in keys:
+        if cfg is None or key not in cfg:
+            return default
+        cfg = cfg[key]
+    return cfg
 
-    The image batch enters the backbone in channels-last memory layout. The function is the same
-    (only strides differ), but oneDNN's convolutions run about 1.5x faster on that layout on the
-    CPU, and the neck's maps then flatten into ``(bs, H·W, C)`` tokens without a copy. Parameters
-    keep their usual layout, so state dicts and DDP buckets are unchanged. Set the class attribute
-    ``channels_last_inputs = False`` on a subclass to feed the images as they come.
+
+def check_detr_config(detector: str, num_queries: Any, encoder: Optional[dict],
+                      decoder: Optional[dict], positional_encoding: Optional[dict],
+                      bbox_head: Optional[dict], num_feature_levels: Any = None) -> None:
+    """Checks the arguments of a DETR-family detector before anything is built.
+
+    Args:
+        detector: Name used in messages.
+        num_queries, encoder, decoder, positional_encoding, bbox_head: The detector's arguments.
+        num_feature_levels: Deformable DETR's number of levels (the deformable attention's
+            ``num_levels`` must equal it), or ``None`` for DETR.
+
+    Raises:
+        ValueError: naming the setting and the expected value.
+    """
+    check_positive_int(num_queries, 'num_queries')
+    for key, cfg in (('encoder', encoder), ('decoder', decoder),
+                     ('positional_encoding', positional_encoding), ('bbox_head', bbox_head)):
+        check_required(cfg, key, detector)
+    for key, cfg in (('encoder', encoder), ('decoder', decoder)):
+        check_positive_int(cfg.get('num_layers'), f'{key}.num_layers')
+    if num_feature_levels is not None:
+        check_positive_int(num_feature_levels, 'num_feature_levels')
+        for key, cfg, attn in (('encoder', encoder, 'self_attn_cfg'),
+                               ('decoder', decoder, 'cross_attn_cfg')):
+            levels = _cfg_get(cfg, 'layer_cfg', attn, 'num_levels', default=4)
+            if levels != num_feature_levels:
+                raise ValueError(f'{detector}: {key}.layer_cfg.{attn}.num_levels={levels} must '
+                                 f'equal num_feature_levels={num_feature_levels}')
+    embed_dims = _cfg_get(encoder, 'layer_cfg', 'self_attn_cfg', 'embed_dims')
+    num_feats = positional_encoding.get('num_feats')
+    if embed_dims is not None and num_feats is not None and num_feats * 2 != embed_dims:
+        raise ValueError(f'{detector}: positional_encoding.num_feats={num_feats} must be '
+                         f'embed_dims / 2 = {embed_dims / 2}')
+
+
+def check_transformer(detector: str, model: nn.Module) -> None:
+    """Checks after the build that decoder and head have the encoder's ``embed_dims``."""
+    embed_dims = model.encoder.embed_dims
+    for where, dims in (('decoder', model.decoder.embed_dims),
+                        ('bbox_head', getattr(model.bbox_head, 'embed_dims', embed_dims))):
+        if dims != embed_dims:
+            raise ValueError(f'{detector}: {where}.embed_dims={dims} must equal the encoder '
+                             f'embed_dims={embed_dims}')
+
+
+class DETRFamilyMixin:
+    """What the package's DETR-family detectors add to MMDetection's (put it first in the bases).
+
+    * ``__init__``: exactly MMDetection's arguments, checked before the build
+      (:func:`check_detr_config`) and after it (:func:`check_transformer`,
+      :func:`check_backbone_neck`);
+    * ``_init_layers``: MMDetection's, then :func:`~crossformer_mm.models.layers.detr_layers.
+      swap_attention` on the encoder and decoder with :attr:`attention_replacements` (set it to
+      ``{}`` on a subclass to keep mmcv's modules, e.g. for a comparison);
+    * ``extract_feat``: the image batch enters the backbone in channels-last memory layout, and
+      the backbone's maps are checked against the neck's ``in_channels`` with a clear error. The
+      function is the same (only strides differ), but oneDNN's convolutions run faster on that
+      layout on the CPU, and the neck's maps then flatten into ``(bs, H·W, C)`` tokens without a
+      copy. Parameters keep their usual layout, so state dicts and DDP buckets are unchanged. Set
+      ``channels_last_inputs = False`` on a subclass to feed the images as they come.
     """
 
+    attention_replacements: Optional[Mapping[type, type]] = None
     channels_last_inputs: bool = True
+
+    def __init__(self,
+                 backbone: dict,
+                 neck: Optional[dict] = None,
+                 encoder: Optional[dict] = None,
+                 decoder: Optional[dict] = None,
+                 bbox_head: Optional[dict] = None,
+                 positional_encoding: Optional[dict] = None,
+                 num_queries: int = 100,
+                 train_cfg: Optional[dict] = None,
+                 test_cfg: Optional[dict] = None,
+                 data_preprocessor: Optional[dict] = None,
+                 init_cfg: Optional[dict] = None,
+                 **variant: Any) -> None:
+        """MMDetection's ``DetectionTransformer`` arguments; ``variant`` holds the detector's own
+        (Deformable DETR: ``with_box_refine``, ``as_two_stage``, ``num_feature_levels``), passed
+        on to MMDetection, which refuses unknown ones."""
+        name = type(self).__name__
+        own = inspect.signature(super().__init__).parameters  # type: ignore[misc]
+        levels = variant.get('num_feature_levels', own['num_feature_levels'].default
+                             if 'num_feature_levels' in own else None)
+        check_detr_config(name, num_queries, encoder, decoder, positional_encoding, bbox_head,
+                          levels)
+        super().__init__(  # type: ignore[call-arg]
+            backbone=backbone, neck=neck, encoder=encoder, decoder=decoder, bbox_head=bbox_head,
+            positional_encoding=positional_encoding, num_queries=num_queries,
+            train_cfg=train_cfg, test_cfg=test_cfg, data_preprocessor=data_preprocessor,
+            init_cfg=init_cfg, **variant)
+        check_transformer(name, self)
+        neck_module = self.neck if self.with_neck else None
+        if levels is None:  # DETR reads the last map of the neck, or the backbone's only map
+            levels = None if neck_module is not None else 1
+        check_backbone_neck(name, self.backbone, neck_module, self.embed_dims, levels)
+
+    def _init_layers(self) -> None:
+        super()._init_layers()  # type: ignore[misc]
+        for coder in (self.encoder, self.decoder):
+            swap_attention(coder, self.attention_replacements)
 
     def extract_feat(self, batch_inputs: Tensor) -> Tuple[Tensor]:
         """Backbone and neck features, with a clear error if they do not fit together."""

@@ -1,50 +1,36 @@
-"""Transformer layers of DETR and Deformable DETR on this package's attention kernels.
+"""The package's attention modules inside MMDetection's DETR and Deformable DETR transformers.
 
 `DETR <https://arxiv.org/abs/2005.12872>`_ (Carion et al., ECCV 2020) and `Deformable DETR
-<https://arxiv.org/abs/2010.04159>`_ (Zhu et al., ICLR 2021). The layers subclass MMDetection
-3.3.0's (``mmdet/models/layers/transformer/{detr_layers,deformable_detr_layers}.py``) and keep their
-constructor arguments, forward signatures and parameter names, so configs and checkpoints move
-between the two unchanged. Two things differ:
+<https://arxiv.org/abs/2010.04159>`_ (Zhu et al., ICLR 2021). The encoders and decoders are
+MMDetection 3.3.0's own classes (``mmdet/models/layers/transformer/{detr_layers,
+deformable_detr_layers}.py``), built by MMDetection's detectors as they are; :func:`swap_attention`
+then replaces their attention modules, keeping the weights:
 
-* global attention (DETR's encoder/decoder, Deformable DETR's decoder self-attention) runs
-  :class:`SDPAMultiheadAttention`, which computes ``F.scaled_dot_product_attention`` instead of
-  ``nn.MultiheadAttention``'s slow path (mmcv's wrapper asks it for the averaged attention weights,
-  which rules out the fused kernels), with the same ``attn.in_proj_weight`` / ``attn.out_proj.*``
-  parameters;
-* multi-scale deformable attention runs :class:`crossformer_mm.ops.MSDeformAttn` (native CPU and
-  Triton kernels) instead of mmcv's ``MultiScaleDeformableAttention`` (grid_sample fallback on the
-  CPU).
+* mmcv's ``MultiheadAttention`` (DETR's encoder/decoder, Deformable DETR's decoder
+  self-attention) by :class:`SDPAMultiheadAttention`, which computes
+  ``F.scaled_dot_product_attention`` instead of ``nn.MultiheadAttention``'s slow path (mmcv's
+  wrapper asks it for the averaged attention weights, which rules out the fused kernels), with the
+  same ``attn.in_proj_weight`` / ``attn.out_proj.*`` parameters;
+* mmcv's ``MultiScaleDeformableAttention`` by :class:`crossformer_mm.ops.MSDeformAttn` (native CPU
+  and Triton kernels instead of mmcv's grid_sample fallback on the CPU), same parameters.
 
-The attention classes are one swap point per layer: the class attributes ``global_attn_cls`` and
-``deform_attn_cls``. Set them on a subclass (or on these classes, for an experiment) to run
-another implementation with the same interface, e.g. mmcv's modules for a comparison.
+Configs, state dicts and forward signatures are MMDetection's.
 """
 import warnings
-from typing import Optional, Type
+from typing import Dict, Mapping, Optional, Type
 
 import torch
 import torch.nn.functional as F
-from mmcv.cnn import build_norm_layer
 from mmcv.cnn.bricks.drop import build_dropout
-from mmcv.cnn.bricks.transformer import FFN
-from mmdet.models.layers.transformer.deformable_detr_layers import (
-    DeformableDetrTransformerDecoder, DeformableDetrTransformerDecoderLayer,
-    DeformableDetrTransformerEncoder, DeformableDetrTransformerEncoderLayer)
-from mmdet.models.layers.transformer.detr_layers import (DetrTransformerDecoder,
-                                                         DetrTransformerDecoderLayer,
-                                                         DetrTransformerEncoder,
-                                                         DetrTransformerEncoderLayer)
-from mmengine.model import BaseModule, ModuleList
+from mmcv.cnn.bricks.transformer import MultiheadAttention
+from mmcv.ops import MultiScaleDeformableAttention
+from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from crossformer_mm.ops import MSDeformAttn
+from .attention import mask_value
 
-__all__ = [
-    'SDPAMultiheadAttention', 'CFDetrTransformerEncoderLayer', 'CFDetrTransformerDecoderLayer',
-    'CFDetrTransformerEncoder', 'CFDetrTransformerDecoder',
-    'CFDeformableDetrTransformerEncoderLayer', 'CFDeformableDetrTransformerDecoderLayer',
-    'CFDeformableDetrTransformerEncoder', 'CFDeformableDetrTransformerDecoder'
-]
+__all__ = ['SDPAMultiheadAttention', 'ATTENTION_REPLACEMENTS', 'swap_attention']
 
 
 class SDPAMultiheadAttention(BaseModule):
@@ -55,7 +41,9 @@ class SDPAMultiheadAttention(BaseModule):
     (mmcv 2.1.0): the projections live in an ``nn.MultiheadAttention`` named ``attn``
     (``attn.in_proj_weight``, ``attn.in_proj_bias``, ``attn.out_proj.weight/bias``) and are
     initialised by it; only the computation differs. Key padding and attention masks are folded
-    into one boolean ``attn_mask`` for SDPA.
+    into one additive mask with the package's convention: boolean masks are True where a query
+    may not attend a key and become :func:`~crossformer_mm.models.layers.mask_value` (a large
+    finite negative) there; float masks are added as they are.
 
     Args:
         embed_dims: Embedding dimension.
@@ -96,17 +84,27 @@ class SDPAMultiheadAttention(BaseModule):
         self.proj_drop = nn.Dropout(proj_drop)
         self.dropout_layer = build_dropout(dropout_layer) if dropout_layer else nn.Identity()
 
+    @classmethod
+    def from_mmcv(cls, module: nn.Module) -> 'SDPAMultiheadAttention':
+        """The same attention as a built mmcv ``MultiheadAttention``: takes over its
+        ``attn``, ``proj_drop`` and ``dropout_layer`` modules (weights, device, mode)."""
+        new = cls(module.embed_dims, module.num_heads, batch_first=module.batch_first,
+                  init_cfg=module.init_cfg)
+        new.attn, new.proj_drop, new.dropout_layer = (module.attn, module.proj_drop,
+                                                      module.dropout_layer)
+        new.train(module.training)
+        return new
+
     @staticmethod
     def _sdpa_mask(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor], bs: int,
                    num_queries: int, num_keys: int, dtype: torch.dtype) -> Optional[Tensor]:
-        """Folds ``nn.MultiheadAttention``-style masks into one SDPA mask.
+        """``nn.MultiheadAttention``-style masks folded into one additive SDPA mask.
 
-        ``attn_mask`` ``(nq, nk)`` or ``(bs*heads, nq, nk)`` and ``key_padding_mask`` ``(bs, nk)``
-        use True (or a non-zero byte) for "may not attend"; float masks are additive. SDPA's
-        boolean masks use True for "may attend", so boolean masks are inverted; if either mask is
-        a float one, the result is additive.
+        ``attn_mask`` ``(nq, nk)`` or ``(bs*heads, nq, nk)`` and ``key_padding_mask`` ``(bs, nk)``:
+        boolean (or byte) masks are True / non-zero where attention is blocked; float masks are
+        additive. Returns ``None`` or a float mask broadcastable to ``(bs, heads, nq, nk)``.
         """
-        masks = []
+        out: Optional[Tensor] = None
         for m, shape in ((attn_mask, None), (key_padding_mask, (bs, 1, 1, num_keys))):
             if m is None:
                 continue
@@ -116,19 +114,9 @@ class SDPAMultiheadAttention(BaseModule):
                 m = m.view(shape)
             elif m.dim() == 3:
                 m = m.view(bs, -1, num_queries, num_keys)
-            masks.append(m)
-        if not masks:
-            return None
-        if all(m.dtype == torch.bool for m in masks):
-            blocked = masks[0]
-            for m in masks[1:]:
-                blocked = blocked | m
-            return ~blocked
-        out = None
-        for m in masks:
             if m.dtype == torch.bool:
                 m = torch.zeros(m.shape, dtype=dtype, device=m.device).masked_fill_(
-                    m, float('-inf'))
+                    m, mask_value(dtype))
             out = m.to(dtype) if out is None else out + m.to(dtype)
         return out
 
@@ -185,126 +173,41 @@ class SDPAMultiheadAttention(BaseModule):
         return identity + self.dropout_layer(self.proj_drop(out))
 
 
-# --------------------------------------------------------------------------------------------
-# DETR
-# --------------------------------------------------------------------------------------------
+#: mmcv's attention classes and the package's modules that replace them (same arguments, same
+#: parameters; each has a ``from_mmcv(module)`` constructor). A detector's
+#: ``attention_replacements`` defaults to this table.
+ATTENTION_REPLACEMENTS: Dict[Type[nn.Module], Type[nn.Module]] = {
+    MultiheadAttention: SDPAMultiheadAttention,
+    MultiScaleDeformableAttention: MSDeformAttn,
+}
 
 
-class CFDetrTransformerEncoderLayer(DetrTransformerEncoderLayer):
-    """DETR encoder layer (mmdet's) with SDPA self-attention."""
+def swap_attention(model: nn.Module,
+                   replacements: Optional[Mapping[Type[nn.Module], Type[nn.Module]]] = None
+                   ) -> int:
+    """Replace, in place, the attention modules of a built model by the package's, same weights.
 
-    global_attn_cls: Type[nn.Module] = SDPAMultiheadAttention
+    Every submodule whose class is a key of ``replacements`` becomes
+    ``replacements[type(m)].from_mmcv(m)``. The new modules are built under a forked random
+    generator, so the rest of the model draws the same random numbers as MMDetection's (same
+    seed, same initial weights).
 
-    def _init_layers(self) -> None:
-        self.self_attn = self.global_attn_cls(**self.self_attn_cfg)
-        self.embed_dims = self.self_attn.embed_dims
-        self.ffn = FFN(**self.ffn_cfg)
-        self.norms = ModuleList(
-            [build_norm_layer(self.norm_cfg, self.embed_dims)[1] for _ in range(2)])
+    Args:
+        model: E.g. a built MMDetection ``DetrTransformerEncoder`` / ``Decoder`` or their
+            deformable variants.
+        replacements: Old class → new class; default :data:`ATTENTION_REPLACEMENTS`.
 
-
-class CFDetrTransformerDecoderLayer(DetrTransformerDecoderLayer):
-    """DETR decoder layer (mmdet's) with SDPA self- and cross-attention."""
-
-    global_attn_cls: Type[nn.Module] = SDPAMultiheadAttention
-
-    def _init_layers(self) -> None:
-        self.self_attn = self.global_attn_cls(**self.self_attn_cfg)
-        self.cross_attn = self.global_attn_cls(**self.cross_attn_cfg)
-        self.embed_dims = self.self_attn.embed_dims
-        self.ffn = FFN(**self.ffn_cfg)
-        self.norms = ModuleList(
-            [build_norm_layer(self.norm_cfg, self.embed_dims)[1] for _ in range(3)])
-
-
-def _check_layers(num_layers: int, name: str) -> None:
-    if not isinstance(num_layers, int) or num_layers <= 0:
-        raise ValueError(f'{name}.num_layers must be a positive int, got {num_layers!r}')
-
-
-class CFDetrTransformerEncoder(DetrTransformerEncoder):
-    """DETR encoder (mmdet's) built from :class:`CFDetrTransformerEncoderLayer`."""
-
-    layer_cls: Type[nn.Module] = CFDetrTransformerEncoderLayer
-
-    def _init_layers(self) -> None:
-        _check_layers(self.num_layers, 'encoder')
-        if self.num_cp > 0:
-            raise NotImplementedError('encoder.num_cp (fairscale checkpointing) is not supported')
-        self.layers = ModuleList([self.layer_cls(**self.layer_cfg) for _ in range(self.num_layers)])
-        self.embed_dims = self.layers[0].embed_dims
-
-
-class CFDetrTransformerDecoder(DetrTransformerDecoder):
-    """DETR decoder (mmdet's) built from :class:`CFDetrTransformerDecoderLayer`."""
-
-    layer_cls: Type[nn.Module] = CFDetrTransformerDecoderLayer
-
-    def _init_layers(self) -> None:
-        _check_layers(self.num_layers, 'decoder')
-        self.layers = ModuleList([self.layer_cls(**self.layer_cfg) for _ in range(self.num_layers)])
-        self.embed_dims = self.layers[0].embed_dims
-        self.post_norm = build_norm_layer(self.post_norm_cfg, self.embed_dims)[1]
-
-
-# --------------------------------------------------------------------------------------------
-# Deformable DETR
-# --------------------------------------------------------------------------------------------
-
-
-class CFDeformableDetrTransformerEncoderLayer(DeformableDetrTransformerEncoderLayer):
-    """Deformable DETR encoder layer (mmdet's) on :class:`~crossformer_mm.ops.MSDeformAttn`."""
-
-    deform_attn_cls: Type[nn.Module] = MSDeformAttn
-
-    def _init_layers(self) -> None:
-        self.self_attn = self.deform_attn_cls(**self.self_attn_cfg)
-        self.embed_dims = self.self_attn.embed_dims
-        self.ffn = FFN(**self.ffn_cfg)
-        self.norms = ModuleList(
-            [build_norm_layer(self.norm_cfg, self.embed_dims)[1] for _ in range(2)])
-
-
-class CFDeformableDetrTransformerDecoderLayer(DeformableDetrTransformerDecoderLayer):
-    """Deformable DETR decoder layer (mmdet's): SDPA self-attention and
-    :class:`~crossformer_mm.ops.MSDeformAttn` cross-attention."""
-
-    global_attn_cls: Type[nn.Module] = SDPAMultiheadAttention
-    deform_attn_cls: Type[nn.Module] = MSDeformAttn
-
-    def _init_layers(self) -> None:
-        self.self_attn = self.global_attn_cls(**self.self_attn_cfg)
-        self.cross_attn = self.deform_attn_cls(**self.cross_attn_cfg)
-        self.embed_dims = self.self_attn.embed_dims
-        self.ffn = FFN(**self.ffn_cfg)
-        self.norms = ModuleList(
-            [build_norm_layer(self.norm_cfg, self.embed_dims)[1] for _ in range(3)])
-
-
-class CFDeformableDetrTransformerEncoder(DeformableDetrTransformerEncoder):
-    """Deformable DETR encoder (mmdet's) built from
-    :class:`CFDeformableDetrTransformerEncoderLayer`."""
-
-    layer_cls: Type[nn.Module] = CFDeformableDetrTransformerEncoderLayer
-
-    def _init_layers(self) -> None:
-        _check_layers(self.num_layers, 'encoder')
-        if self.num_cp > 0:
-            raise NotImplementedError('encoder.num_cp (fairscale checkpointing) is not supported')
-        self.layers = ModuleList([self.layer_cls(**self.layer_cfg) for _ in range(self.num_layers)])
-        self.embed_dims = self.layers[0].embed_dims
-
-
-class CFDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
-    """Deformable DETR decoder (mmdet's) built from
-    :class:`CFDeformableDetrTransformerDecoderLayer`."""
-
-    layer_cls: Type[nn.Module] = CFDeformableDetrTransformerDecoderLayer
-
-    def _init_layers(self) -> None:
-        _check_layers(self.num_layers, 'decoder')
-        self.layers = ModuleList([self.layer_cls(**self.layer_cfg) for _ in range(self.num_layers)])
-        self.embed_dims = self.layers[0].embed_dims
-        if self.post_norm_cfg is not None:
-            raise ValueError('decoder.post_norm_cfg must be None for Deformable DETR (its decoder '
-                             f'has no post norm), got {self.post_norm_cfg}')
+    Returns:
+        The number of modules replaced.
+    """
+    table = ATTENTION_REPLACEMENTS if replacements is None else replacements
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            new_cls = table.get(type(child))
+            if new_cls is None:
+                continue
+            with torch.random.fork_rng(devices=[]):
+                setattr(parent, name, new_cls.from_mmcv(child))
+            count += 1
+    return count
