@@ -1,10 +1,14 @@
-"""Plumbing shared by every backbone of the package (CrossFormer, Swin, ViT).
+"""The backbone contract and the plumbing shared by every backbone (CrossFormer, Swin, ViT).
 
-* :class:`BackboneBase` — the ``arch`` table lookup, frozen stages, ``norm_eval``, the SDPA /
-  explicit attention switch, and ``init_cfg=dict(type='Pretrained', checkpoint=...)`` routed to
-  the family's own loader;
-* checkpoint helpers — :func:`unwrap_checkpoint`, :func:`read_weights_file` (weights-only unless
-  the file is a trusted training checkpoint, see :mod:`crossformer_mm.compat.checkpoint`) and
+* :class:`BackboneBase` — the ``arch`` table lookup; ``out_indices`` / ``frozen_stages``
+  validation; the stage loop (:meth:`~BackboneBase.forward_stages`) with the optional output norms
+  ``norm{i}``; :meth:`~BackboneBase.output_shape`, the channels and stride of each output, which
+  detectors and necks read; frozen stages and ``norm_eval``; the SDPA / explicit attention switch;
+  one checkpoint loader (:meth:`~BackboneBase.load_pretrained`, also behind
+  ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)``);
+* checkpoint helpers — :func:`unwrap_checkpoint`, :func:`backbone_state_dict` (the one ``prefix``
+  rule of every family), :func:`read_weights_file` (weights-only unless the file is a trusted
+  training checkpoint, see :mod:`crossformer_mm.compat.checkpoint`) and
   :func:`load_checked_state_dict`, which refuses shape or structure mismatches naming the first
   offending key and logs every missing and unexpected key;
 * :func:`run_converter_cli` — the body of ``tools/model_converters/*_to_mm.py``.
@@ -14,10 +18,11 @@ import logging
 import os
 import sys
 from collections import OrderedDict
-from typing import (Any, Callable, ClassVar, Dict, FrozenSet, List, Mapping, Optional, Sequence,
-                    Tuple, Union)
+from typing import (Any, Callable, ClassVar, Dict, FrozenSet, List, Mapping, NamedTuple, Optional,
+                    Sequence, Tuple, Union)
 
 import torch
+import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor, nn
@@ -27,24 +32,52 @@ from ...compat.checkpoint import CheckpointLoadError, load_local_checkpoint
 from ..layers import Attention, Mlp
 
 
-class BackboneBase(BaseModule):
-    """Base of the package's backbones.
+class ShapeSpec(NamedTuple):
+    """Channels and stride (input pixels per output position) of one backbone output, as
+    detectron2's ``ShapeSpec``. ``stride`` is None for a ``(B, C)`` feature vector."""
 
-    Subclasses set :attr:`arch_zoo`, :attr:`arch_aliases`, :attr:`arch_required` and
-    :attr:`arch_optional`, implement :meth:`_frozen_modules` and :meth:`load_pretrained`, and may
-    extend :meth:`_frozen_params` and :meth:`_init_extra`. They must set ``frozen_stages`` and
-    ``norm_eval`` before calling :meth:`_freeze_stages`.
+    channels: int
+    stride: Optional[int]
+
+
+class BackboneBase(BaseModule):
+    """The backbone contract of the package.
+
+    A backbone is a sequence of stages (:meth:`stage_modules`; hierarchical stages return
+    ``(output, input of the next stage)``, plain ones one tensor). ``forward`` returns the
+    outputs of the stages in ``out_indices``, in that order, each after its output norm
+    ``norm{i}`` when the backbone has them; :meth:`output_shape` declares their channels and
+    strides, one :class:`ShapeSpec` per output, so that detectors and necks need not guess.
+
+    Subclasses set :attr:`arch_zoo`, :attr:`arch_aliases`, :attr:`arch_required`,
+    :attr:`arch_optional`, :attr:`converter_tool` and :attr:`structural_keys`; in ``__init__``
+    they call :meth:`_init_outputs` first, set :attr:`num_features` and :attr:`strides` (one entry
+    per stage), build the modules (:meth:`_add_out_norms` for ``norm{i}``) and end with
+    :meth:`_freeze_stages`. They implement :meth:`convert_checkpoint` and may override
+    :meth:`stage_modules`, :meth:`_frozen_params`, :meth:`_init_extra`,
+    :meth:`_adapt_checkpoint` and :meth:`output_shape`.
     """
 
     arch_zoo: ClassVar[Dict[str, Dict[str, Any]]] = {}
     arch_aliases: ClassVar[Dict[str, str]] = {}
     arch_required: ClassVar[FrozenSet[str]] = frozenset()
     arch_optional: ClassVar[FrozenSet[str]] = frozenset()
+    #: ``tools/model_converters/<name>.py``, named in the error for an untrusted pickle.
+    converter_tool: ClassVar[str] = ''
+    #: Key prefixes that describe the architecture (see :func:`load_checked_state_dict`).
+    structural_keys: ClassVar[Tuple[str, ...]] = ()
+    #: Key suffixes that may be missing under :attr:`structural_keys` (initialisation kept).
+    optional_keys: ClassVar[Tuple[str, ...]] = ()
     frozen_stages: int
     norm_eval: bool
     num_classes: int
     num_stages: int
     out_indices: Tuple[int, ...]
+    out_norms: bool
+    #: Channels of each stage's output.
+    num_features: List[int]
+    #: Stride of each stage's output.
+    strides: List[int]
 
     # ---------------------------------------------------------------- construction helpers
     @classmethod
@@ -67,10 +100,88 @@ class BackboneBase(BaseModule):
                              f'unknown {sorted(unknown)}')
         return dict(arch)
 
+    def _init_outputs(self, num_stages: int, out_indices: Union[int, Sequence[int]],
+                      frozen_stages: int, norm_eval: bool) -> None:
+        """Check and set ``num_stages``, ``out_indices`` (an int or increasing indices; negative
+        ones count from the end), ``frozen_stages`` (-1 … ``num_stages``) and ``norm_eval``.
+
+        Raises:
+            ValueError: naming the argument and its valid range.
+        """
+        indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
+        if not indices:
+            raise ValueError('out_indices must name at least one stage')
+        for i in indices:
+            if isinstance(i, bool) or not isinstance(i, int) or not -num_stages <= i < num_stages:
+                raise ValueError(f'out_indices must be in [-{num_stages}, {num_stages - 1}], got '
+                                 f'{out_indices}')
+        indices = [i % num_stages for i in indices]
+        if any(a >= b for a, b in zip(indices, indices[1:])):
+            raise ValueError(f'out_indices must be increasing (the outputs come in stage order), '
+                             f'got {out_indices}')
+        if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or \
+                not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
+        self.num_stages = num_stages
+        self.out_indices = tuple(indices)
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.out_norms = False
+
+    def _add_out_norms(self, norm_layer: Callable[[int], nn.Module] = nn.LayerNorm) -> None:
+        """Add the output norms ``norm{i}`` (over ``num_features[i]``) of the ``out_indices``."""
+        for i in self.out_indices:
+            self.add_module(f'norm{i}', norm_layer(self.num_features[i]))
+        self.out_norms = True
+
+    def stage_modules(self) -> Sequence[nn.Module]:
+        """The stages, in order (default ``self.layers``)."""
+        return self.layers
+
+    # ---------------------------------------------------------------- the contract
+    def output_shape(self) -> List[ShapeSpec]:
+        """Channels and stride of each output of ``forward``, in order."""
+        return [ShapeSpec(self.num_features[i], self.strides[i]) for i in self.out_indices]
+
+    def forward_stages(self, x: Tensor, *args: Any, final_norm: Optional[nn.Module] = None,
+                       with_cp: bool = False) -> Tuple[List[Tensor], Tensor]:
+        """Run the stages on ``x`` (``args`` go to every stage).
+
+        Args:
+            x: Input of the first stage.
+            *args: Extra arguments of every stage call.
+            final_norm: Applied to the last stage's output (which is also the returned last
+                output), or None.
+            with_cp: Gradient checkpointing of each stage in training.
+
+        Returns:
+            (outputs of the ``out_indices`` stages, each after ``norm{i}`` if the backbone has
+            output norms; the last stage's output).
+        """
+        stages = self.stage_modules()
+        outs: List[Tensor] = []
+        for i, stage in enumerate(stages):
+            if with_cp and self.training and x.requires_grad:
+                out = cp.checkpoint(stage, x, *args, use_reentrant=False)
+            else:
+                out = stage(x, *args)
+            feat, x = out if isinstance(out, tuple) else (out, out)
+            if i == len(stages) - 1 and final_norm is not None:
+                feat = x = final_norm(feat)
+            if i in self.out_indices:
+                outs.append(getattr(self, f'norm{i}')(feat) if self.out_norms else feat)
+        return outs, x
+
     # ---------------------------------------------------------------- freezing, modes
     def _frozen_modules(self) -> List[nn.Module]:
-        """Modules frozen by ``frozen_stages`` (called only when it is >= 0)."""
-        raise NotImplementedError
+        """Modules frozen by ``frozen_stages``: the embedding (``patch_embed``, ``pos_drop``),
+        the first ``frozen_stages`` stages and their output norms."""
+        frozen: List[nn.Module] = [self.patch_embed, self.pos_drop]
+        for i, stage in enumerate(self.stage_modules()[:self.frozen_stages]):
+            frozen.append(stage)
+            if self.out_norms and i in self.out_indices:
+                frozen.append(getattr(self, f'norm{i}'))
+        return frozen
 
     def _frozen_params(self) -> List[nn.Parameter]:
         """Parameters outside :meth:`_frozen_modules` that are frozen too (e.g. embeddings)."""
@@ -132,9 +243,55 @@ class BackboneBase(BaseModule):
     def _init_extra(self) -> None:
         """Family-specific initialisation (position tables, tokens) run before the Linear init."""
 
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
-        """Load a public or converted checkpoint of this family (``init_cfg`` Pretrained)."""
+    def convert_checkpoint(self, checkpoint: Mapping[str, Any],
+                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
+        """A checkpoint of this family (any supported layout) → this model's key names."""
         raise NotImplementedError
+
+    def _adapt_checkpoint(self, state_dict: 'OrderedDict[str, Tensor]',
+                          logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
+        """Fit converted entries to this model (e.g. resize position tables); logs changes."""
+        return state_dict
+
+    def load_pretrained(self, checkpoint: Union[str, Mapping[str, Any]], strict: bool = False,
+                        prefix: Optional[str] = None, strict_structure: bool = True,
+                        logger: Union[str, logging.Logger] = 'current'
+                        ) -> Tuple[List[str], List[str]]:
+        """Load a public or converted checkpoint of this family, reporting every key.
+
+        The one loading path of every backbone: read the file (:func:`read_weights_file`),
+        select the backbone's entries (:func:`backbone_state_dict`: ``prefix``, default
+        ``'backbone.'`` when the checkpoint has such keys), convert the key names
+        (:meth:`convert_checkpoint`), fit them to the model (:meth:`_adapt_checkpoint`) and load
+        them (:func:`load_checked_state_dict`). The family functions ``load_crossformer_checkpoint``,
+        ``load_swin_checkpoint`` and ``load_vit_checkpoint`` are this method
+        (``load_swin_checkpoint(model, ...)`` = ``model.load_pretrained(...)``).
+
+        Args:
+            checkpoint: Path, checkpoint dict or state dict.
+            strict: Raise if any key is missing or unexpected (they are always logged).
+            prefix: Keep only the keys that start with it, stripped (e.g. ``'backbone.'`` for a
+                detector checkpoint); see :func:`backbone_state_dict`.
+            strict_structure: Refuse a checkpoint whose :attr:`structural_keys` entries differ
+                from the model's (another depth or variant); other missing or extra entries
+                (norms, heads) are only logged.
+            logger: mmengine logger name or logger.
+
+        Returns:
+            ``(missing_keys, unexpected_keys)``.
+
+        Raises:
+            ValueError: naming the first key whose shape differs, or with ``strict_structure``
+                the first structural key on one side only; a ``prefix`` no key starts with.
+            KeyError: with ``strict`` and missing / unexpected keys.
+        """
+        src = checkpoint if isinstance(checkpoint, str) else '<dict>'
+        ckpt = (read_weights_file(checkpoint, self.converter_tool)
+                if isinstance(checkpoint, str) else checkpoint)
+        sd = self._adapt_checkpoint(self.convert_checkpoint(ckpt, prefix=prefix), logger)
+        return load_checked_state_dict(self, sd, src, self.structural_keys, strict=strict,
+                                       strict_structure=strict_structure, logger=logger,
+                                       optional=self.optional_keys)
 
     def init_weights(self) -> None:
         """Official init, or ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)``."""
@@ -163,9 +320,28 @@ def unwrap_checkpoint(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
     return checkpoint
 
 
-def strip_prefix(state_dict: Mapping[str, Any], prefix: str) -> 'OrderedDict[str, Any]':
-    """The entries whose key starts with ``prefix``, with the prefix removed."""
-    return OrderedDict((k[len(prefix):], v) for k, v in state_dict.items() if k.startswith(prefix))
+def backbone_state_dict(checkpoint: Mapping[str, Any],
+                        prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
+    """The backbone's tensors in a checkpoint: the one ``prefix`` rule of every family.
+
+    Unwraps ``state_dict`` / ``model`` / ``module`` (:func:`unwrap_checkpoint`), drops non-tensor
+    entries and a leading ``module.`` (DataParallel), then keeps the keys that start with
+    ``prefix``, with it removed. ``prefix=None`` means ``'backbone.'`` when any key starts with it
+    (a detector, segmentor or classifier checkpoint) and everything otherwise (a bare backbone).
+
+    Raises:
+        ValueError: if ``prefix`` is given and no key starts with it.
+    """
+    sd = unwrap_checkpoint(checkpoint)
+    items = [(k[len('module.'):] if k.startswith('module.') else k, v) for k, v in sd.items()
+             if isinstance(v, Tensor)]
+    if prefix is None:
+        prefix = 'backbone.' if any(k.startswith('backbone.') for k, _ in items) else ''
+    out = OrderedDict((k[len(prefix):], v) for k, v in items if k.startswith(prefix))
+    if not out:
+        raise ValueError(f'no checkpoint key starts with prefix {prefix!r} (first keys: '
+                         f'{[k for k, _ in items[:3]]})')
+    return out
 
 
 def read_weights_file(path: str, converter: str) -> Any:
@@ -297,5 +473,5 @@ def run_converter_cli(convert: Callable[[Mapping[str, Any]], Mapping[str, Tensor
     return 0
 
 
-__all__ = ['BackboneBase', 'load_checked_state_dict', 'read_weights_file', 'run_converter_cli',
-           'strip_prefix', 'unwrap_checkpoint']
+__all__ = ['BackboneBase', 'ShapeSpec', 'backbone_state_dict', 'load_checked_state_dict',
+           'read_weights_file', 'run_converter_cli', 'unwrap_checkpoint']

@@ -19,7 +19,6 @@ accident:
 One class, :class:`CrossFormer`, serves every task; variants are rows of
 :attr:`CrossFormer.arch_zoo`.
 """
-import logging
 import math
 from collections import OrderedDict
 from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple,
@@ -34,8 +33,7 @@ from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, CrossScale
                                           group_reverse, pad_to_multiple, padding_mask_groups)
 from crossformer_mm.registry import register_model
 
-from .base import (BackboneBase, load_checked_state_dict, read_weights_file, strip_prefix,
-                   unwrap_checkpoint)
+from .base import BackboneBase, backbone_state_dict
 
 LDA_MODES = ('crossformer', 'main')
 
@@ -275,8 +273,10 @@ class CrossFormer(BackboneBase):
         drop_path_rate: Stochastic depth (linear over blocks); default from the arch.
         dpb_residual: Residual dynamic position bias.
         patch_norm: LayerNorm after the embedding.
-        out_indices: Stages whose outputs are returned (0..3).
-        frozen_stages: Freeze the embedding (0) and stages ``< frozen_stages``; -1 freezes nothing.
+        out_indices: Stages whose outputs are returned (increasing; negative counts from the
+            end); :meth:`output_shape` gives their channels and strides (4, 8, 16, 32).
+        frozen_stages: Freeze the embedding (0) and stages ``< frozen_stages`` (with their
+            ``norm{i}``); -1 freezes nothing.
         norm_eval: Keep BatchNorm layers (if a custom norm uses them) in eval mode in training.
         out_norms: Add a LayerNorm ``norm{i}`` on each returned stage (new weights).
         final_norm: Add ``norm`` on the last stage, as the official classification model;
@@ -287,7 +287,8 @@ class CrossFormer(BackboneBase):
             :class:`~crossformer_mm.models.layers.Attention`) or the plain explicit softmax path
             (False).
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads a
-            (converted or official) checkpoint with :func:`load_crossformer_checkpoint`.
+            (converted or official) checkpoint with :meth:`load_pretrained` (``prefix``
+            optional).
     """
 
     arch_zoo: Dict[str, Dict[str, Any]] = {
@@ -306,6 +307,8 @@ class CrossFormer(BackboneBase):
     arch_required = frozenset({'embed_dim', 'depths', 'num_heads'})
     arch_optional = frozenset({'group_size', 'interval', 'use_acl', 'lda_mode',
                                'drop_path_rate'})
+    converter_tool = 'crossformer_to_mm'
+    structural_keys = ('patch_embed.', 'layers.')
 
     def __init__(self, arch: Union[str, Mapping[str, Any]] = 'small', in_channels: int = 3,
                  patch_kernels: Sequence[int] = (4, 8, 16, 32),
@@ -327,7 +330,8 @@ class CrossFormer(BackboneBase):
         self.embed_dim = embed_dim = int(cfg['embed_dim'])
         depths = tuple(int(d) for d in cfg['depths'])
         num_heads = tuple(int(h) for h in cfg['num_heads'])
-        self.num_stages = n_st = len(depths)
+        n_st = len(depths)
+        self._init_outputs(n_st, out_indices, frozen_stages, norm_eval)
         self.depths = depths
         self._check_len('num_heads', num_heads, n_st)
         group_size = tuple(group_size if group_size is not None else cfg.get('group_size',
@@ -356,20 +360,11 @@ class CrossFormer(BackboneBase):
         self.use_acl = bool(use_acl if use_acl is not None else cfg.get('use_acl', False))
         drop_path_rate = (drop_path_rate if drop_path_rate is not None
                           else cfg.get('drop_path_rate', 0.1))
-        out_indices = tuple(out_indices)
-        for i in out_indices:
-            if not 0 <= i < n_st:
-                raise ValueError(f'out_indices must be in [0, {n_st - 1}], got {out_indices}')
-        if not -1 <= frozen_stages <= n_st:
-            raise ValueError(f'frozen_stages must be in [-1, {n_st}], got {frozen_stages}')
         self.in_channels = in_channels
-        self.out_indices = out_indices
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
         self.num_classes = num_classes
         self.final_norm = num_classes > 0 if final_norm is None else final_norm
-        self.out_norms = out_norms
         self.num_features = [embed_dim * 2 ** i for i in range(n_st)]
+        self.strides = [4 * 2 ** i for i in range(n_st)]
 
         self.patch_embed = CrossScaleEmbed(in_channels, embed_dim, patch_kernels, stride=4,
                                            norm_layer=nn.LayerNorm if patch_norm else None)
@@ -387,8 +382,7 @@ class CrossFormer(BackboneBase):
                 mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale, drop=drop_rate,
                 attn_drop=attn_drop_rate, dpb_residual=dpb_residual, fused_attn=fused_attn))
         if out_norms:
-            for i in out_indices:
-                self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
+            self._add_out_norms()
         if self.final_norm:
             self.norm = nn.LayerNorm(self.num_features[-1])
         if num_classes > 0:
@@ -401,11 +395,9 @@ class CrossFormer(BackboneBase):
         if len(value) != n:
             raise ValueError(f'{name} must have one entry per stage ({n}), got {tuple(value)}')
 
-    def _frozen_modules(self) -> List[nn.Module]:
-        return [self.patch_embed, self.pos_drop, *self.layers[:self.frozen_stages]]
-
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
-        load_crossformer_checkpoint(self, checkpoint, prefix=prefix)
+    def convert_checkpoint(self, checkpoint: Mapping[str, Any],
+                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
+        return convert_crossformer_checkpoint(checkpoint, prefix)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
@@ -413,17 +405,9 @@ class CrossFormer(BackboneBase):
         if x.ndim != 4:
             raise ValueError(f'CrossFormer expects a 4-D (B, C, H, W) input, got shape '
                              f'{tuple(x.shape)}')
-        x = self.pos_drop(self.patch_embed(x))
-        outs = []
-        for i, layer in enumerate(self.layers):
-            feat, x = layer(x)
-            if i == self.num_stages - 1 and self.final_norm:
-                feat = self.norm(feat)
-            if i in self.out_indices:
-                if self.out_norms:
-                    feat = getattr(self, f'norm{i}')(feat)
-                outs.append(feat.permute(0, 3, 1, 2).contiguous())
-        return tuple(outs)
+        outs, _ = self.forward_stages(self.pos_drop(self.patch_embed(x)),
+                                      final_norm=self.norm if self.final_norm else None)
+        return tuple(f.permute(0, 3, 1, 2).contiguous() for f in outs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -432,65 +416,24 @@ class CrossFormer(BackboneBase):
 DROPPED_SUFFIXES = ('attn.biases', 'attn.relative_position_index', 'attn_mask')
 
 
-def convert_crossformer_checkpoint(checkpoint: Mapping[str, Any]) -> 'OrderedDict[str, Tensor]':
+def convert_crossformer_checkpoint(checkpoint: Mapping[str, Any],
+                                   prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
     """Official CrossFormer checkpoint (any task) → state dict of :class:`CrossFormer`.
 
-    Unwraps ``state_dict`` / ``model``, strips ``module.``, keeps only the ``backbone.`` entries of
-    detector / segmentor checkpoints (prefix stripped), and drops the position-index buffers
-    (``attn.biases``, ``attn.relative_position_index``) that the model rebuilds itself.
+    Selects the backbone's entries with :func:`~.base.backbone_state_dict` (unwraps
+    ``state_dict`` / ``model``, strips ``module.``, keeps the ``prefix`` entries, by default the
+    ``backbone.`` ones of detector / segmentor checkpoints) and drops the position-index buffers
+    (``attn.biases``, ``attn.relative_position_index``) that the model rebuilds itself. The key
+    names are the official ones already.
     """
-    sd = unwrap_checkpoint(checkpoint)
-    out: 'OrderedDict[str, Tensor]' = OrderedDict()
-    has_backbone = any(k.startswith(('backbone.', 'module.backbone.')) for k in sd)
-    for k, v in sd.items():
-        if not isinstance(v, Tensor):
-            continue
-        if k.startswith('module.'):
-            k = k[len('module.'):]
-        if has_backbone:
-            if not k.startswith('backbone.'):
-                continue
-            k = k[len('backbone.'):]
-        if k.endswith(DROPPED_SUFFIXES):
-            continue
-        out[k] = v
-    return out
+    return OrderedDict((k, v) for k, v in backbone_state_dict(checkpoint, prefix).items()
+                       if not k.endswith(DROPPED_SUFFIXES))
 
 
-def load_crossformer_checkpoint(model: nn.Module, checkpoint: Union[str, Mapping[str, Any]],
-                                strict: bool = False, prefix: Optional[str] = None,
-                                strict_structure: bool = True,
-                                logger: Union[str, logging.Logger] = 'current'
-                                ) -> Tuple[List[str], List[str]]:
-    """Load an official or converted CrossFormer checkpoint into ``model``, reporting every key.
-
-    Args:
-        model: A :class:`CrossFormer`.
-        checkpoint: Path, checkpoint dict or state dict.
-        strict: Raise if any key is missing or unexpected (they are always logged).
-        prefix: Keep only keys starting with ``prefix`` (stripped), e.g. ``'backbone.'``.
-        strict_structure: Refuse a checkpoint whose ``patch_embed.*`` / ``layers.*`` keys differ
-            from the model's (another depth or variant). Missing or extra ``norm*`` / ``head.*``
-            entries are only logged (classification checkpoint into a dense backbone and back).
-        logger: mmengine logger name or logger.
-
-    Returns:
-        ``(missing_keys, unexpected_keys)``.
-
-    Raises:
-        ValueError: naming the first key whose shape differs (e.g. a T checkpoint into S), or,
-            with ``strict_structure``, the first block key present on one side only (e.g. a B
-            checkpoint, 18 blocks in stage 3, into S, 6 blocks).
-        KeyError: with ``strict`` and missing / unexpected keys.
-    """
-    src = checkpoint if isinstance(checkpoint, str) else '<dict>'
-    ckpt = (read_weights_file(checkpoint, 'crossformer_to_mm') if isinstance(checkpoint, str)
-            else checkpoint)
-    sd = convert_crossformer_checkpoint(ckpt)
-    if prefix:
-        sd = strip_prefix(sd, prefix)
-    return load_checked_state_dict(model, sd, src, ('patch_embed.', 'layers.'), strict=strict,
-                                   strict_structure=strict_structure, logger=logger)
+#: Load a checkpoint of any supported layout into a :class:`CrossFormer`:
+#: ``load_crossformer_checkpoint(model, checkpoint, strict=False, prefix=None, strict_structure=True,
+#: logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
+load_crossformer_checkpoint = CrossFormer.load_pretrained
 
 
 __all__ = ['CrossFormer', 'CrossFormerBlock', 'CrossFormerStage', 'CrossFormerAttention',

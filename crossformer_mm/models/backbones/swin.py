@@ -12,8 +12,9 @@ relative position bias and the shift mask folded into one SDPA ``attn_mask``,
 :class:`~crossformer_mm.models.layers.RelativePositionBias`,
 :class:`~crossformer_mm.models.layers.CrossScaleEmbed` (one kernel = plain patch embedding),
 :class:`~crossformer_mm.models.layers.PatchMerging`,
-:func:`~crossformer_mm.models.layers.shifted_window_mask`. The shift mask is built once per
-map size (cached) instead of in every block.
+:func:`~crossformer_mm.models.layers.window_partition` / ``window_reverse`` (pad, shift, crop) and
+:func:`~crossformer_mm.models.layers.shifted_window_mask`. The shift mask is built once per map size
+(cached) instead of in every block.
 
 State-dict layout (the official one where possible): ``patch_embed.projs.0``, ``patch_embed.norm``,
 ``layers.i.blocks.j.{norm1, attn.qkv, attn.proj, attn.rel_pos.relative_position_bias_table, norm2,
@@ -31,18 +32,16 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.nn.functional as F
 import torch.utils.checkpoint as cp
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, DropPath, Mlp, PatchMerging,
                                           RelativePositionBias, resize_rel_pos_bias_table,
-                                          shifted_window_mask, window_gather_index)
+                                          shifted_window_mask, window_partition, window_reverse)
 from crossformer_mm.registry import register_model
 
-from .base import (BackboneBase, load_checked_state_dict, read_weights_file, strip_prefix,
-                   unwrap_checkpoint)
+from .base import BackboneBase, backbone_state_dict
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,23 +105,14 @@ class SwinBlock(nn.Module):
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
 
     def attention(self, x: Tensor) -> Tensor:
-        """The attention branch ``(B, H, W, C)`` → ``(B, H, W, C)`` (before drop path).
-
-        Padding, the cyclic shift and the window partition are one gather (and one back), with
-        indices cached per map size; the function is the one of pad → roll → partition. Kept in
-        its own method so that its temporaries are freed before the MLP runs.
-        """
-        b, h, w, c = x.shape
+        """The attention branch ``(B, H, W, C)`` → ``(B, H, W, C)`` (before drop path):
+        pad → roll → window partition → attention → back, as MMDetection's ``ShiftWindowMSA``."""
+        h, w = x.shape[1], x.shape[2]
         ws, s = self.window_size, self.shift_size
-        fwd, inv, (hp, wp) = window_gather_index((h, w), ws, s, x.device)
-        tokens = self.norm1(x).reshape(b, h * w, c)
-        if hp != h or wp != w:  # a zero row at index h·w stands for the padding
-            tokens = F.pad(tokens, (0, 0, 0, 1))
-        windows = tokens.index_select(1, fwd).view(-1, ws * ws, c)
-        del tokens
-        mask = shifted_window_mask((hp, wp), ws, s, x.device) if s else None
+        windows, padded = window_partition(self.norm1(x), ws, s)
+        mask = shifted_window_mask(padded, ws, s, x.device) if s else None
         windows = self.attn.forward_windows(windows, mask)
-        return windows.view(b, -1, c).index_select(1, inv).view(b, h, w, c)
+        return window_reverse(windows, ws, padded, (h, w), s)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(B, H, W, C)`` → ``(B, H, W, C)``."""
@@ -182,7 +172,8 @@ class CFSwinTransformer(BackboneBase):
         patch_size: Patch size (stride of the embedding).
         window_size: Window side.
         mlp_ratio: MLP hidden ratio.
-        out_indices: Stages whose outputs are returned (0..3).
+        out_indices: Stages whose outputs are returned (increasing; negative counts from the
+            end); :meth:`output_shape` gives their channels and strides.
         qkv_bias: Bias of the qkv projection.
         qk_scale: Attention logit scale override.
         patch_norm: LayerNorm in the patch embedding and the mergings.
@@ -200,7 +191,7 @@ class CFSwinTransformer(BackboneBase):
             (False).
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads an
             official, timm, MMDetection/MMPretrain or converted checkpoint with
-            :func:`load_swin_checkpoint` (``prefix`` optional).
+            :meth:`load_pretrained` (``prefix`` optional).
     """
 
     arch_zoo: Dict[str, Dict[str, Any]] = {
@@ -216,6 +207,8 @@ class CFSwinTransformer(BackboneBase):
     arch_aliases: Dict[str, str] = {'t': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
     arch_required = frozenset({'embed_dim', 'depths', 'num_heads'})
     arch_optional = frozenset({'drop_path_rate'})
+    converter_tool = 'swin_to_mm'
+    structural_keys = ('patch_embed.', 'layers.')
 
     def __init__(self, arch: Union[str, Mapping[str, Any]] = 'tiny', in_channels: int = 3,
                  patch_size: int = 4, window_size: int = 7, mlp_ratio: float = 4.0,
@@ -238,22 +231,13 @@ class CFSwinTransformer(BackboneBase):
         if window_size < 1:
             raise ValueError(f'window_size must be >= 1, got {window_size}')
         n_st = len(depths)
-        self.num_stages = n_st
-        out_indices = tuple(int(i) for i in out_indices)
-        for i in out_indices:
-            if not 0 <= i < n_st:
-                raise ValueError(f'out_indices must be in [0, {n_st - 1}], got {out_indices}')
-        if not -1 <= frozen_stages <= n_st:
-            raise ValueError(f'frozen_stages must be in [-1, {n_st}], got {frozen_stages}')
-        self.arch = cfg
+        self._init_outputs(n_st, out_indices, frozen_stages, norm_eval)
+        self.arch_settings = cfg
         self.in_channels = in_channels
         self.window_size = window_size
-        self.out_indices = out_indices
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        self.out_norms = out_norms
         self.num_classes = num_classes
         self.num_features = [embed_dim * 2 ** i for i in range(n_st)]
+        self.strides = [patch_size * 2 ** i for i in range(n_st)]
 
         self.patch_embed = CrossScaleEmbed(in_channels, embed_dim, (patch_size,), stride=patch_size,
                                            norm_layer=nn.LayerNorm if patch_norm else None)
@@ -271,28 +255,32 @@ class CFSwinTransformer(BackboneBase):
                 with_cp=with_cp, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
                 drop=drop_rate, attn_drop=attn_drop_rate, fused_attn=fused_attn))
         if out_norms:
-            for i in out_indices:
-                self.add_module(f'norm{i}', nn.LayerNorm(self.num_features[i]))
+            self._add_out_norms()
         if num_classes > 0:
             self.head = nn.Linear(self.num_features[-1], num_classes)
         self._freeze_stages()
 
     # ---------------------------------------------------------------- construction helpers
-    def _frozen_modules(self) -> List[nn.Module]:
-        frozen: List[nn.Module] = [self.patch_embed, self.pos_drop]
-        for i in range(self.frozen_stages):
-            frozen.append(self.layers[i])
-            if self.out_norms and i in self.out_indices:
-                frozen.append(getattr(self, f'norm{i}'))
-        return frozen
-
     def _init_extra(self) -> None:
         for m in self.modules():
             if isinstance(m, RelativePositionBias):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
-        load_swin_checkpoint(self, checkpoint, prefix=prefix)
+    def convert_checkpoint(self, checkpoint: Mapping[str, Any],
+                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
+        return convert_swin_checkpoint(checkpoint, self.num_stages, prefix)
+
+    def _adapt_checkpoint(self, state_dict: 'OrderedDict[str, Tensor]',
+                          logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
+        """Relative-position tables of another window size are resized (bicubic, logged)."""
+        own = self.state_dict()
+        for k, v in state_dict.items():
+            if k.endswith('relative_position_bias_table') and k in own and \
+                    v.shape != own[k].shape and v.shape[1] == own[k].shape[1]:
+                print_log(f'resizing {k} from {tuple(v.shape)} to {tuple(own[k].shape)} '
+                          f'(window {self.window_size}, bicubic)', logger=logger)
+                state_dict[k] = resize_rel_pos_bias_table(v, (self.window_size,) * 2)
+        return state_dict
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
@@ -300,15 +288,8 @@ class CFSwinTransformer(BackboneBase):
         if x.ndim != 4:
             raise ValueError(f'CFSwinTransformer expects a 4-D (B, C, H, W) input, got shape '
                              f'{tuple(x.shape)}')
-        x = self.pos_drop(self.patch_embed(x))
-        outs = []
-        for i, layer in enumerate(self.layers):
-            feat, x = layer(x)
-            if i in self.out_indices:
-                if self.out_norms:
-                    feat = getattr(self, f'norm{i}')(feat)
-                outs.append(feat.permute(0, 3, 1, 2).contiguous())
-        return tuple(outs)
+        outs, _ = self.forward_stages(self.pos_drop(self.patch_embed(x)))
+        return tuple(f.permute(0, 3, 1, 2).contiguous() for f in outs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -358,25 +339,23 @@ def swin_checkpoint_layout(sd: Mapping[str, Any]) -> str:
                      f'{keys[:3]})')
 
 
-def convert_swin_checkpoint(checkpoint: Mapping[str, Any],
-                            num_stages: int = 4) -> 'OrderedDict[str, Tensor]':
+def convert_swin_checkpoint(checkpoint: Mapping[str, Any], num_stages: int = 4,
+                            prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
     """A Swin checkpoint of any supported layout → state dict of :class:`CFSwinTransformer`.
 
     Layouts: official (``model`` key, ``layers.i.blocks.j.attn.qkv``, ``patch_embed.proj``,
     ``layers.i.downsample.reduction/norm``, final ``norm`` → ``norm{num_stages-1}``), timm (merges
     at the start of the next stage, ``head.fc``), MMDetection/MMPretrain (``stages.i.blocks.j.attn.
     w_msa.qkv``, ``ffn.layers.0.0``, ``patch_embed.projection``, merging channels in ``nn.Unfold``
-    order, permuted back) and already converted files. Unwraps ``state_dict``/``model``, strips
-    ``module.``, keeps only ``backbone.`` entries of detector / segmentor / classifier checkpoints,
-    drops the buffers ``relative_position_index`` and ``attn_mask`` that the model rebuilds.
-    Relative-position tables are returned as they are; :func:`load_swin_checkpoint` resizes them.
+    order, permuted back) and already converted files. The backbone's entries are selected by
+    :func:`~.base.backbone_state_dict` (``prefix``, by default the ``backbone.`` entries of
+    detector / segmentor / classifier checkpoints); the buffers ``relative_position_index`` and
+    ``attn_mask`` that the model rebuilds are dropped. Relative-position tables are returned as
+    they are; loading resizes them (:meth:`CFSwinTransformer.load_pretrained`).
     """
-    sd = unwrap_checkpoint(checkpoint)
-    items = [(k[len('module.'):] if k.startswith('module.') else k, v) for k, v in sd.items()
-             if isinstance(v, Tensor)]
-    if any(k.startswith('backbone.') for k, _ in items):
-        items = [(k[len('backbone.'):], v) for k, v in items if k.startswith('backbone.')]
-    layout = swin_checkpoint_layout(OrderedDict(items))
+    sd = backbone_state_dict(checkpoint, prefix)
+    items = list(sd.items())
+    layout = swin_checkpoint_layout(sd)
     out: 'OrderedDict[str, Tensor]' = OrderedDict()
     for k, v in items:
         if k.endswith(('relative_position_index', 'attn_mask')):
@@ -405,48 +384,10 @@ def convert_swin_checkpoint(checkpoint: Mapping[str, Any],
     return out
 
 
-def load_swin_checkpoint(model: CFSwinTransformer, checkpoint: Union[str, Mapping[str, Any]],
-                         strict: bool = False, prefix: Optional[str] = None,
-                         strict_structure: bool = True,
-                         logger: Union[str, logging.Logger] = 'current'
-                         ) -> Tuple[List[str], List[str]]:
-    """Load a Swin checkpoint of any supported layout into ``model``, reporting every key.
-
-    Relative-position tables of another window size are resized (bicubic, logged).
-
-    Args:
-        model: A :class:`CFSwinTransformer`.
-        checkpoint: Path, checkpoint dict or state dict.
-        strict: Raise if any key is missing or unexpected (they are always logged).
-        prefix: Keep only keys starting with ``prefix`` (stripped) before conversion.
-        strict_structure: Refuse a checkpoint whose ``patch_embed.*`` / ``layers.*`` keys differ
-            from the model's (another depth). Missing ``norm{i}`` / ``head`` are only logged.
-        logger: mmengine logger name or logger.
-
-    Returns:
-        ``(missing_keys, unexpected_keys)``.
-
-    Raises:
-        ValueError: naming the first key whose shape differs (e.g. a Swin-B checkpoint into
-            Swin-T) or, with ``strict_structure``, the first block key present on one side only.
-        KeyError: with ``strict`` and missing / unexpected keys.
-    """
-    src = checkpoint if isinstance(checkpoint, str) else '<dict>'
-    ckpt = (read_weights_file(checkpoint, 'swin_to_mm') if isinstance(checkpoint, str)
-            else checkpoint)
-    if prefix:
-        ckpt = strip_prefix(unwrap_checkpoint(ckpt), prefix)
-    sd = convert_swin_checkpoint(ckpt, model.num_stages)
-    own = model.state_dict()
-    for k in list(sd):
-        if k.endswith('relative_position_bias_table') and k in own and \
-                sd[k].shape != own[k].shape and sd[k].shape[1] == own[k].shape[1]:
-            new_ws = (model.window_size, model.window_size)
-            print_log(f'resizing {k} from {tuple(sd[k].shape)} to {tuple(own[k].shape)} '
-                      f'(window {model.window_size}, bicubic)', logger=logger)
-            sd[k] = resize_rel_pos_bias_table(sd[k], new_ws)
-    return load_checked_state_dict(model, sd, src, ('patch_embed.', 'layers.'), strict=strict,
-                                   strict_structure=strict_structure, logger=logger)
+#: Load a checkpoint of any supported layout into a :class:`CFSwinTransformer`:
+#: ``load_swin_checkpoint(model, checkpoint, strict=False, prefix=None, strict_structure=True,
+#: logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
+load_swin_checkpoint = CFSwinTransformer.load_pretrained
 
 
 __all__ = ['CFSwinTransformer', 'SwinBlock', 'SwinStage', 'WindowAttention',

@@ -30,18 +30,16 @@ from collections import OrderedDict
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
-import torch.utils.checkpoint as cp
+import torch.nn.functional as F
 from mmengine.logging import print_log
 from torch import Tensor, nn
 
 from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, DropPath, Mlp,
-                                          decomposed_rel_pos_bias, pad_to_multiple,
-                                          resize_abs_pos_embed, to_2tuple, window_partition,
-                                          window_reverse)
+                                          decomposed_rel_pos_bias, resize_abs_pos_embed,
+                                          to_2tuple, window_partition, window_reverse)
 from crossformer_mm.registry import register_model
 
-from .base import (BackboneBase, load_checked_state_dict, read_weights_file, strip_prefix,
-                   unwrap_checkpoint)
+from .base import BackboneBase, ShapeSpec, backbone_state_dict
 
 OUT_TYPES = ('featmap', 'pyramid', 'cls_token', 'avg_featmap')
 
@@ -119,12 +117,10 @@ class ViTBlock(nn.Module):
         x = self.norm1(x)
         if self.window_size > 0:
             b, _, c = x.shape
-            h, w = hw
             ws = self.window_size
-            x, _ = pad_to_multiple(x.view(b, h, w, c), ws)
-            hp, wp = x.shape[1], x.shape[2]
-            x = self.attn.forward_tokens(window_partition(x, ws), (ws, ws))
-            x = window_reverse(x, ws, (hp, wp))[:, :h, :w].reshape(b, h * w, c)
+            windows, padded = window_partition(x.view(b, hw[0], hw[1], c), ws)
+            x = self.attn.forward_tokens(windows, (ws, ws))
+            x = window_reverse(x, ws, padded, hw).reshape(b, hw[0] * hw[1], c)
         else:
             x = self.attn.forward_tokens(x, hw)
         x = shortcut + self.drop_path(x)
@@ -216,7 +212,8 @@ class CFVisionTransformer(BackboneBase):
             simple feature pyramid of the last ``out_indices`` map (strides 4..32, for FPN /
             UPerNet); ``'cls_token'`` / ``'avg_featmap'`` — a ``(B, C)`` feature (class token or
             mean of the patch tokens, then ``fc_norm`` if set) for classification.
-        out_indices: Blocks whose outputs are returned (negative counts from the end).
+        out_indices: Blocks whose outputs are returned (increasing; negative counts from the
+            end). :meth:`output_shape` gives the channels and strides of the outputs.
         pyramid_scales: Scales of the pyramid.
         pyramid_channels: Output channels of every pyramid level, or None for the native
             ``(C/4, C/2, C, C)``.
@@ -231,7 +228,7 @@ class CFVisionTransformer(BackboneBase):
             (False).
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads a
             timm / DeiT / MAE / MMSegmentation / MMPretrain / converted checkpoint with
-            :func:`load_vit_checkpoint` (``prefix`` optional).
+            :meth:`load_pretrained` (``prefix`` optional).
     """
 
     arch_zoo: Dict[str, Dict[str, Any]] = {
@@ -243,6 +240,9 @@ class CFVisionTransformer(BackboneBase):
     arch_aliases: Dict[str, str] = {'t': 'tiny', 's': 'small', 'b': 'base', 'l': 'large'}
     arch_required = frozenset({'embed_dim', 'depth', 'num_heads'})
     arch_optional = frozenset({'mlp_ratio'})
+    converter_tool = 'vit_to_mm'
+    structural_keys = ('patch_embed.', 'blocks.')
+    optional_keys = ('rel_pos_h', 'rel_pos_w')
 
     def __init__(self, arch: Union[str, Mapping[str, Any]] = 'base',
                  img_size: Union[int, Sequence[int]] = 224, patch_size: int = 16,
@@ -269,19 +269,12 @@ class CFVisionTransformer(BackboneBase):
         if (window_size > 0 or use_rel_pos) and with_cls_token:
             raise ValueError('windowed attention and relative position work on the patch grid '
                              'only: set with_cls_token=False (ViTDet drops the class token)')
-        out_indices = [out_indices] if isinstance(out_indices, int) else list(out_indices)
-        out_indices = [i + depth if i < 0 else i for i in out_indices]
-        for i in out_indices:
-            if not 0 <= i < depth:
-                raise ValueError(f'out_indices must be in [-{depth}, {depth - 1}], got '
-                                 f'{out_indices}')
+        self._init_outputs(depth, out_indices, frozen_stages, norm_eval)
         for i in global_attn_indexes:
             if not 0 <= i < depth:
                 raise ValueError(f'global_attn_indexes must be in [0, {depth - 1}], got '
                                  f'{tuple(global_attn_indexes)}')
-        if not -1 <= frozen_stages <= depth:
-            raise ValueError(f'frozen_stages must be in [-1, {depth}], got {frozen_stages}')
-        self.arch = cfg
+        self.arch_settings = cfg
         self.embed_dim = dim
         self.depth = depth
         self.in_channels = in_channels
@@ -292,12 +285,11 @@ class CFVisionTransformer(BackboneBase):
         self.num_prefix_tokens = 1 if with_cls_token else 0
         self.final_norm = final_norm
         self.out_type = out_type
-        self.out_indices = tuple(out_indices)
         self.interpolate_mode = interpolate_mode
         self.num_classes = num_classes
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.num_features = [dim] * depth
+        self.strides = [patch_size] * depth
 
         self.patch_embed = CrossScaleEmbed(in_channels, dim, (patch_size,), stride=patch_size,
                                            norm_layer=nn.LayerNorm if patch_norm else None)
@@ -318,15 +310,23 @@ class CFVisionTransformer(BackboneBase):
         self.fc_norm = nn.LayerNorm(dim) if fc_norm else None
         self.pyramid = (SimpleFeaturePyramid(dim, pyramid_scales, pyramid_channels)
                         if out_type == 'pyramid' else None)
-        self.out_channels: List[int] = (self.pyramid.out_channels if self.pyramid is not None
-                                        else [dim] * len(self.out_indices))
         if num_classes > 0:
             self.head = nn.Linear(dim, num_classes)
         self._freeze_stages()
 
     # ---------------------------------------------------------------- construction helpers
-    def _frozen_modules(self) -> List[nn.Module]:
-        return [self.patch_embed, self.pos_drop, *self.blocks[:self.frozen_stages]]
+    def stage_modules(self) -> Sequence[nn.Module]:
+        return self.blocks
+
+    def output_shape(self) -> List[ShapeSpec]:
+        """Per output: the blocks' maps (stride ``patch_size``), the pyramid levels (stride
+        ``patch_size / scale``), or one ``(B, C)`` vector (stride None)."""
+        if self.out_type == 'featmap':
+            return super().output_shape()
+        if self.out_type == 'pyramid':
+            return [ShapeSpec(c, int(self.patch_size / s))
+                    for c, s in zip(self.pyramid.out_channels, self.pyramid.scales)]
+        return [ShapeSpec(self.embed_dim, None)]
 
     def _frozen_params(self) -> List[nn.Parameter]:
         return [self.pos_embed] + ([self.cls_token] if self.with_cls_token else [])
@@ -340,8 +340,26 @@ class CFVisionTransformer(BackboneBase):
                 nn.init.trunc_normal_(blk.attn.rel_pos_h, std=0.02)
                 nn.init.trunc_normal_(blk.attn.rel_pos_w, std=0.02)
 
-    def load_pretrained(self, checkpoint: str, prefix: Optional[str] = None) -> None:
-        load_vit_checkpoint(self, checkpoint, prefix=prefix)
+    def convert_checkpoint(self, checkpoint: Mapping[str, Any],
+                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
+        return convert_vit_checkpoint(checkpoint, prefix)
+
+    def _adapt_checkpoint(self, state_dict: 'OrderedDict[str, Tensor]',
+                          logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
+        """A position embedding of another grid is resized (``interpolate_mode``) and its class
+        rows adapted; relative-position tables of another length are resized (linear), as
+        ViTDet's :func:`~crossformer_mm.models.layers.get_rel_pos` would at run time. Logged."""
+        own = self.state_dict()
+        pos = state_dict.get('pos_embed')
+        if pos is not None and pos.shape[-1] == own['pos_embed'].shape[-1]:
+            state_dict['pos_embed'] = _adapt_pos_embed(pos, self, logger)
+        for k, v in state_dict.items():
+            if k.endswith(self.optional_keys) and k in own and v.shape != own[k].shape:
+                print_log(f'resizing {k} from {tuple(v.shape)} to {tuple(own[k].shape)} '
+                          f'(linear)', logger=logger)
+                state_dict[k] = F.interpolate(v.t().unsqueeze(0), size=own[k].shape[0],
+                                              mode='linear').squeeze(0).t()
+        return state_dict
 
     # ---------------------------------------------------------------- forward
     def _pos_embed(self, hw: Tuple[int, int]) -> Tensor:
@@ -363,17 +381,7 @@ class CFVisionTransformer(BackboneBase):
         x = self.pos_drop(x + self._pos_embed((h, w)))
         if self.norm_pre is not None:
             x = self.norm_pre(x)
-        outs = []
-        last = self.depth - 1
-        for i, blk in enumerate(self.blocks):
-            if self.with_cp and self.training and x.requires_grad:
-                x = cp.checkpoint(blk, x, (h, w), use_reentrant=False)
-            else:
-                x = blk(x, (h, w))
-            if i == last and self.norm is not None:
-                x = self.norm(x)
-            if i in self.out_indices:
-                outs.append(x)
+        outs, x = self.forward_stages(x, (h, w), final_norm=self.norm, with_cp=self.with_cp)
         return outs, x, (h, w)
 
     def _to_map(self, tokens: Tensor, hw: Tuple[int, int]) -> Tensor:
@@ -443,25 +451,24 @@ _MM_BLOCK_RULES = (
 )
 
 
-def convert_vit_checkpoint(checkpoint: Mapping[str, Any]) -> 'OrderedDict[str, Tensor]':
+def convert_vit_checkpoint(checkpoint: Mapping[str, Any],
+                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
     """A ViT checkpoint of any supported layout → state dict of :class:`CFVisionTransformer`.
 
     timm / DeiT / MAE (``blocks.i.attn.qkv``, ``patch_embed.proj``, ``pos_embed``, ``cls_token``,
     ``norm``, ``fc_norm``, ``head``); MMSegmentation (``layers.i.ln1``,
     ``attn.attn.in_proj_weight``, ``attn.attn.out_proj``, ``ffn.layers.0.0``, ``ffn.layers.1``,
     ``patch_embed.projection``, final ``ln1``; a missing patch bias becomes zeros); MMPretrain (``layers.i.attn.qkv``, final ``ln1``,
-    ``pre_norm``, ``ln2`` → ``fc_norm``). Unwraps ``state_dict``/``model``, strips ``module.``,
-    keeps only ``backbone.`` entries of whole-model checkpoints. The position embedding is
-    returned as it is; :func:`load_vit_checkpoint` adapts its grid and prefix rows to the model.
+    ``pre_norm``, ``ln2`` → ``fc_norm``). The backbone's entries are selected by
+    :func:`~.base.backbone_state_dict` (``prefix``, by default the ``backbone.`` entries of
+    whole-model checkpoints). The position embedding is returned as it is; loading adapts its grid
+    and prefix rows to the model (:meth:`CFVisionTransformer.load_pretrained`).
     timm's classifier ``head.weight`` stays ``head.weight``; ``dist_token``/``head_dist`` (DeiT
     distilled) and MAE decoder weights are kept and reported as unexpected on loading.
     """
-    sd = unwrap_checkpoint(checkpoint)
-    items = [(k[len('module.'):] if k.startswith('module.') else k, v) for k, v in sd.items()
-             if isinstance(v, Tensor)]
-    if any(k.startswith('backbone.') for k, _ in items):
-        items = [(k[len('backbone.'):], v) for k, v in items if k.startswith('backbone.')]
-    layout = vit_checkpoint_layout(OrderedDict(items))
+    sd = backbone_state_dict(checkpoint, prefix)
+    items = list(sd.items())
+    layout = vit_checkpoint_layout(sd)
     out: 'OrderedDict[str, Tensor]' = OrderedDict()
     for k, v in items:
         if layout == 'timm':
@@ -515,54 +522,10 @@ def _adapt_pos_embed(pos: Tensor, model: CFVisionTransformer,
     return new
 
 
-def load_vit_checkpoint(model: CFVisionTransformer, checkpoint: Union[str, Mapping[str, Any]],
-                        strict: bool = False, prefix: Optional[str] = None,
-                        strict_structure: bool = True,
-                        logger: Union[str, logging.Logger] = 'current'
-                        ) -> Tuple[List[str], List[str]]:
-    """Load a ViT checkpoint of any supported layout into ``model``, reporting every key.
-
-    A position embedding of another grid is resized (``model.interpolate_mode``) and its class
-    rows adapted, with a log line; relative-position tables of another size are kept as they are
-    (ViTDet interpolates them at run time).
-
-    Args:
-        model: A :class:`CFVisionTransformer`.
-        checkpoint: Path, checkpoint dict or state dict.
-        strict: Raise if any key is missing or unexpected (they are always logged).
-        prefix: Keep only keys starting with ``prefix`` (stripped) before conversion.
-        strict_structure: Refuse a checkpoint whose ``patch_embed.*`` / ``blocks.*`` keys differ
-            from the model's (another depth, layer scale, ...).
-        logger: mmengine logger name or logger.
-
-    Returns:
-        ``(missing_keys, unexpected_keys)``.
-
-    Raises:
-        ValueError: naming the first key whose shape differs (e.g. ViT-L into ViT-B) or, with
-            ``strict_structure``, the first block key present on one side only.
-        KeyError: with ``strict`` and missing / unexpected keys.
-    """
-    src = checkpoint if isinstance(checkpoint, str) else '<dict>'
-    ckpt = (read_weights_file(checkpoint, 'vit_to_mm') if isinstance(checkpoint, str)
-            else checkpoint)
-    if prefix:
-        ckpt = strip_prefix(unwrap_checkpoint(ckpt), prefix)
-    sd = convert_vit_checkpoint(ckpt)
-    own = model.state_dict()
-    if 'pos_embed' in sd and sd['pos_embed'].shape[-1] == own['pos_embed'].shape[-1]:
-        sd['pos_embed'] = _adapt_pos_embed(sd['pos_embed'], model, logger)
-    rel_pos = ('rel_pos_h', 'rel_pos_w')
-    for k in [k for k in sd if k.endswith(rel_pos)]:
-        if k in own and sd[k].shape != own[k].shape:
-            print_log(f'resizing {k} from {tuple(sd[k].shape)} to {tuple(own[k].shape)} '
-                      f'(linear)', logger=logger)
-            sd[k] = torch.nn.functional.interpolate(
-                sd[k].t().unsqueeze(0), size=own[k].shape[0], mode='linear').squeeze(0).t()
-    # Relative-position tables may be absent (a plain ViT checkpoint into a ViTDet model).
-    return load_checked_state_dict(model, sd, src, ('patch_embed.', 'blocks.'), strict=strict,
-                                   strict_structure=strict_structure, logger=logger,
-                                   optional=rel_pos)
+#: Load a checkpoint of any supported layout into a :class:`CFVisionTransformer`:
+#: ``load_vit_checkpoint(model, checkpoint, strict=False, prefix=None, strict_structure=True,
+#: logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
+load_vit_checkpoint = CFVisionTransformer.load_pretrained
 
 
 __all__ = ['CFVisionTransformer', 'ViTBlock', 'ViTAttention', 'SimpleFeaturePyramid',

@@ -10,15 +10,18 @@ Stable API (used by CrossFormer, Swin and ViT):
   :func:`relative_position_index`, :func:`relative_offsets` (cached per group size).
 * :class:`CrossScaleEmbed` (multi- or single-kernel patch embedding, pads to the stride),
   :class:`CrossScalePatchMerging` (norm + strided convs), :func:`split_channels`.
-* :func:`pad_to_multiple`, :func:`group_partition` / :func:`group_reverse` (windows, CrossFormer
-  SDA and both LDA groupings), :func:`window_partition` / :func:`window_reverse`,
-  :func:`padding_mask_groups`.
+* :func:`pad_to_multiple`, :func:`group_partition` / :func:`group_reverse` (CrossFormer SDA and
+  both LDA groupings), :func:`window_partition` / :func:`window_reverse` (the one window split:
+  pad, Swin's shift, crop; used by Swin and ViTDet), :func:`padding_mask_groups`.
+* Masks: boolean, True where a query may not attend a key (padding, Swin's shifted windows,
+  DETR's masks); they become one additive float mask with :func:`mask_value`, a large finite
+  negative (so that a fully masked row gives a uniform softmax, not NaN).
 * :class:`Mlp`, :class:`DropPath`, :func:`drop_path`, :func:`to_2tuple`.
 * :func:`set_inference_chunk_bytes` / :func:`inference_chunk_bytes`: the slice budget of chunked
   inference in :class:`Attention` (fused path) and :class:`Mlp` (0 turns it off).
 * :func:`add_sdpa_handle` / :func:`sdpa_flop_jit`: count fused attention in mmengine's FlopAnalyzer.
-* :class:`PatchMerging` (Swin: space-to-depth, norm over 4C, linear), :func:`shifted_window_mask`,
-  :func:`window_gather_index` (Swin's shifted windows), :func:`resize_abs_pos_embed`,
+* :class:`PatchMerging` (Swin: space-to-depth, norm over 4C, linear), :func:`shifted_window_mask`
+  (Swin's shifted windows), :func:`resize_abs_pos_embed`,
   :func:`resize_rel_pos_bias_table`,
   :func:`get_rel_pos` / :func:`decomposed_rel_pos_bias` (ViTDet).
 """
@@ -35,7 +38,7 @@ from .pos_bias import (DynamicPosBias, RelativePositionBias, relative_offsets,
                        relative_position_index)
 from .pos_embed import (decomposed_rel_pos_bias, get_rel_pos, resize_abs_pos_embed,
                         resize_rel_pos_bias_table)
-from .window import shifted_window_mask, window_gather_index
+from .window import shifted_window_mask
 
 __all__ = [
     'Attention', 'build_attn_mask', 'mask_value', 'DropPath', 'drop_path', 'CrossScaleEmbed',
@@ -43,7 +46,7 @@ __all__ = [
     'pad_amount', 'pad_to_multiple', 'padding_mask_groups', 'to_2tuple', 'window_partition',
     'window_reverse', 'DynamicPosBias', 'RelativePositionBias', 'relative_offsets',
     'relative_position_index', 'PatchMerging', 'shifted_window_mask', 'resize_abs_pos_embed',
-    'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias', 'window_gather_index',
+    'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias',
     'SDPA_OP', 'add_sdpa_handle', 'sdpa_flop_jit', 'get_inference_chunk_bytes',
     'inference_chunk_bytes', 'set_inference_chunk_bytes'
 ]

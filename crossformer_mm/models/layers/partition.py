@@ -2,9 +2,12 @@
 
 All helpers work on channels-last feature maps ``(B, H, W, C)``.
 
-One function covers the three token groupings used by the package:
+One function, :func:`group_partition` (with :func:`group_reverse`), covers the three token
+groupings used by the package; :func:`window_partition` / :func:`window_reverse` add the
+padding, Swin's cyclic shift and the crop around its ``interval=1`` case:
 
-* Swin windows and CrossFormer short-distance attention (SDA): ``interval=1``, group ``(G, G)``.
+* Swin windows, ViTDet windows and CrossFormer short-distance attention (SDA): ``interval=1``,
+  group ``(G, G)``.
 * CrossFormer long-distance attention (LDA), ``main`` branch (CrossFormer++): ``interval=I``,
   group ``(G, G)``, map padded to a multiple of ``G·I``; tokens ``I`` apart inside each
   ``(G·I)×(G·I)`` region form a group.
@@ -115,17 +118,53 @@ def group_reverse(groups: Tensor, group_size: IntPair, interval: int,
     return x.reshape(-1, hp, wp, c)
 
 
-def window_partition(x: Tensor, window_size: IntPair) -> Tensor:
-    """Swin/SDA windows: :func:`group_partition` with ``interval=1``.
+def window_partition(x: Tensor, window_size: IntPair, shift_size: IntPair = 0
+                     ) -> Tuple[Tensor, Tuple[int, int]]:
+    """Windows of a map: zero-pad at the bottom/right to a multiple of the window, roll by
+    ``-shift_size`` (Swin's cyclic shift), split (:func:`group_partition`, ``interval=1``).
 
-    Returns ``(B·nW, Wh·Ww, C)`` from ``(B, Hp, Wp, C)``.
+    The one window split of the package (Swin, ViTDet windowed attention; CrossFormer's SDA
+    groups are the same split, through :func:`group_partition`). Undo with
+    :func:`window_reverse`.
+
+    Args:
+        x: ``(B, H, W, C)``.
+        window_size: ``W`` or ``(Wh, Ww)``.
+        shift_size: ``s`` or ``(sh, sw)``; 0 for plain windows.
+
+    Returns:
+        ``(B·nW, Wh·Ww, C)`` windows (batch-major, windows row-major) and the padded size
+        ``(Hp, Wp)``.
     """
-    return group_partition(x, window_size, 1)
+    wh, ww = to_2tuple(window_size, 'window_size')
+    sh, sw = to_2tuple(shift_size, 'shift_size')
+    x, _ = pad_to_multiple(x, (wh, ww))
+    if sh or sw:
+        x = torch.roll(x, shifts=(-sh, -sw), dims=(1, 2))
+    return group_partition(x, (wh, ww), 1), (x.shape[1], x.shape[2])
 
 
-def window_reverse(windows: Tensor, window_size: IntPair, hw: Tuple[int, int]) -> Tensor:
-    """Inverse of :func:`window_partition`; returns ``(B, Hp, Wp, C)``."""
-    return group_reverse(windows, window_size, 1, hw)
+def window_reverse(windows: Tensor, window_size: IntPair, padded_hw: Tuple[int, int],
+                   hw: Tuple[int, int], shift_size: IntPair = 0) -> Tensor:
+    """Inverse of :func:`window_partition`: merge, roll back by ``+shift_size``, crop to ``hw``.
+
+    Args:
+        windows: ``(B·nW, Wh·Ww, C)``.
+        window_size: As for the partition.
+        padded_hw: ``(Hp, Wp)`` returned by the partition.
+        hw: The map size ``(H, W)`` before padding.
+        shift_size: As for the partition.
+
+    Returns:
+        ``(B, H, W, C)``.
+    """
+    sh, sw = to_2tuple(shift_size, 'shift_size')
+    x = group_reverse(windows, window_size, 1, padded_hw)
+    if sh or sw:
+        x = torch.roll(x, shifts=(sh, sw), dims=(1, 2))
+    if tuple(padded_hw) != tuple(hw):
+        x = x[:, :hw[0], :hw[1]]
+    return x
 
 
 def padding_mask_groups(hw: Tuple[int, int], pad: Tuple[int, int], group_size: IntPair,
@@ -141,8 +180,10 @@ def padding_mask_groups(hw: Tuple[int, int], pad: Tuple[int, int], group_size: I
         device: Device of the mask.
 
     Returns:
-        ``None`` without padding, else a bool ``(nG, Gh·Gw)`` tensor, True at padded tokens, in
-        the group order of :func:`group_partition` for one image.
+        ``None`` without padding, else a bool ``(nG, Gh·Gw)`` tensor, True at padded tokens
+        (the package's mask convention: True = blocked; the attention turns it into the additive
+        :func:`~crossformer_mm.models.layers.mask_value`), in the group order of
+        :func:`group_partition` for one image.
     """
     pad_h, pad_w = pad
     if pad_h == 0 and pad_w == 0:

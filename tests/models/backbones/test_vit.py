@@ -249,7 +249,7 @@ def test_vitdet_windows_rel_pos_pyramid() -> None:
         out2 = model(x)
     assert [o.shape for o in out] == [(1, 16, 20, 28), (1, 32, 10, 14), (1, 64, 5, 7),
                                       (1, 64, 3, 4)]
-    assert model.out_channels == [16, 32, 64, 64]
+    assert [spec.channels for spec in model.output_shape()] == [16, 32, 64, 64]
     assert max_diff(out, out2) <= 1e-4
     # The relative position changes the function.
     with torch.no_grad():

@@ -60,7 +60,7 @@ def test_detr_with_backbone(name):
 
 
 def _neck_in_channels(backbone_cfg):
-    return list(MODELS.build(dict(backbone_cfg)).out_channels)
+    return [spec.channels for spec in MODELS.build(dict(backbone_cfg)).output_shape()]
 
 
 def test_deformable_detr_with_vit():

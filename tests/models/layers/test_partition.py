@@ -48,9 +48,11 @@ def lda_original_reference(x, I):
 @pytest.mark.parametrize('hw', [(14, 14), (28, 42)])
 def test_sda_matches_reference(hw):
     x = torch.randn(2, *hw, 3)
-    g = window_partition(x, 7)
+    g, padded = window_partition(x, 7)
+    assert padded == hw
     torch.testing.assert_close(g, sda_reference(x, 7), rtol=0, atol=0)
-    torch.testing.assert_close(window_reverse(g, 7, hw), x, rtol=0, atol=0)
+    torch.testing.assert_close(group_partition(x, 7), g, rtol=0, atol=0)
+    torch.testing.assert_close(window_reverse(g, 7, padded, hw), x, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('G,I,hw', [(2, 3, (12, 18)), (4, 2, (8, 16)), (7, 8, (56, 56))])

@@ -61,7 +61,7 @@ def test_attention_bias_from_q_with_group_mask() -> None:
     torch.manual_seed(0)
     attn = Attention(8, 2).eval()
     x = torch.randn(2, 4, 4, 8)
-    groups = window_partition(x, 2)  # 2 images x 4 windows
+    groups, _ = window_partition(x, 2)  # 2 images x 4 windows
     bias = torch.randn(2, 4, 4)  # (heads, N, N)
     mask = torch.rand(4, 4, 4) > 0.7
     mask[:, torch.arange(4), torch.arange(4)] = False

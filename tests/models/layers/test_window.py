@@ -1,10 +1,8 @@
-"""Shifted-window mask and the one-gather pad/shift/partition of Swin blocks."""
+"""Shifted-window mask and the window partition pair with padding and shift (Swin, ViTDet)."""
 import pytest
 import torch
 
-from crossformer_mm.models.layers import (pad_to_multiple, shifted_window_mask, window_partition,
-                                          window_reverse)
-from crossformer_mm.models.layers.window import window_gather_index
+from crossformer_mm.models.layers import shifted_window_mask, window_partition, window_reverse
 
 
 def region_ids(hp: int, wp: int, ws: int, s: int) -> torch.Tensor:
@@ -13,7 +11,7 @@ def region_ids(hp: int, wp: int, ws: int, s: int) -> torch.Tensor:
         return 0 if i < n - ws else (1 if i < n - s else 2)
     ids = torch.tensor([[region(i, hp) * 3 + region(j, wp) for j in range(wp)]
                         for i in range(hp)])
-    return window_partition(ids.view(1, hp, wp, 1).float(), ws).squeeze(-1)
+    return window_partition(ids.view(1, hp, wp, 1).float(), ws)[0].squeeze(-1)
 
 
 @pytest.mark.parametrize('hw,ws,s', [((14, 21), 7, 3), ((7, 7), 7, 3), ((12, 8), 4, 2)])
@@ -34,23 +32,22 @@ def test_shifted_window_mask_errors() -> None:
         shifted_window_mask((15, 14), 7, 3)
 
 
+def _reference_windows(x: torch.Tensor, ws: int, s: int) -> torch.Tensor:
+    """Independent reference: pad, roll and cut windows with explicit loops."""
+    b, h, w, c = x.shape
+    hp, wp = -(-h // ws) * ws, -(-w // ws) * ws
+    padded = torch.zeros(b, hp, wp, c)
+    padded[:, :h, :w] = x
+    rolled = torch.roll(padded, (-s, -s), (1, 2))
+    return torch.stack([rolled[n, i:i + ws, j:j + ws].reshape(ws * ws, c)
+                        for n in range(b) for i in range(0, hp, ws) for j in range(0, wp, ws)])
+
+
 @pytest.mark.parametrize('hw,ws,s', [((9, 11), 7, 3), ((14, 14), 7, 0), ((5, 3), 4, 2),
                                      ((8, 12), 4, 2)])
-def test_window_gather_equals_pad_roll_partition(hw, ws, s) -> None:
-    b, c = 2, 5
-    x = torch.randn(b, *hw, c)
-    fwd, inv, (hp, wp) = window_gather_index(hw, ws, s)
-    tokens = torch.cat((x.reshape(b, -1, c), torch.zeros(b, 1, c)), dim=1)
-    got = tokens.index_select(1, fwd).view(-1, ws * ws, c)
-    ref, _ = pad_to_multiple(x, ws)
-    assert ref.shape[1:3] == (hp, wp)
-    if s:
-        ref = torch.roll(ref, (-s, -s), (1, 2))
-    ref = window_partition(ref, ws)
-    assert torch.equal(got, ref)
-    back = got.view(b, -1, c).index_select(1, inv).view(b, *hw, c)
-    rev = window_reverse(ref, ws, (hp, wp))
-    if s:
-        rev = torch.roll(rev, (s, s), (1, 2))
-    assert torch.equal(back, rev[:, :hw[0], :hw[1]])
-    assert torch.equal(back, x)
+def test_window_partition_pads_shifts_and_reverses(hw, ws, s) -> None:
+    x = torch.randn(2, *hw, 5)
+    windows, padded = window_partition(x, ws, s)
+    assert padded == (-(-hw[0] // ws) * ws, -(-hw[1] // ws) * ws)
+    assert torch.equal(windows, _reference_windows(x, ws, s))
+    assert torch.equal(window_reverse(windows, ws, padded, hw, s), x)
