@@ -50,3 +50,15 @@ def test_retinanet_crossformer_s_matches_paper():
     result = complexity(cfg, (800, 1280))
     assert abs(result['params'] / 1e6 - 40.8) < 0.1  # paper: 40.8M
     assert abs(result['flops'] / 1e9 - 282.0) < 282.0 * 0.01  # paper: 282.0G at 1280x800
+
+
+def test_by_module_depth(capsys):
+    from get_flops import main
+    cfg = str(ROOT / 'configs/demo/retinanet_crossformer-demo_fpn_24e_demo-coco.py')
+    assert main([cfg, '--shape', '64', '--by-module', '2']) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()
+            if line.startswith('  ')]
+    assert 'backbone.layers' in rows and 'backbone.patch_embed' in rows
+    assert all(row.count('.') == 1 for row in rows)
+    with pytest.raises(SystemExit):
+        main([cfg, '--by-module', '0'])

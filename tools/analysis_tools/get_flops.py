@@ -138,13 +138,14 @@ class TensorForward(nn.Module):
         return self.model._forward(inputs, self.data_samples)
 
 
-def complexity(cfg: Any, shape: Tuple[int, int], model: Optional[nn.Module] = None
-               ) -> Dict[str, Any]:
+def complexity(cfg: Any, shape: Tuple[int, int], model: Optional[nn.Module] = None,
+               depth: int = 1) -> Dict[str, Any]:
     """Params and FLOPs of ``cfg``'s model on one ``shape`` image.
 
     Returns a dict: ``params`` (all parameters), ``flops`` (multiply-adds), ``flops_by_module``
-    (top-level children), ``unsupported`` (ops the analyzer skipped, with counts), ``input_shape``
-    (after the data preprocessor's padding).
+    (the modules ``depth`` levels below the model: 1 = its children such as ``backbone``,
+    2 = ``backbone.layers`` ...), ``unsupported`` (ops the analyzer skipped, with counts),
+    ``input_shape`` (after the data preprocessor's padding).
     """
     from mmengine.analysis import FlopAnalyzer
     scope = cfg.get('default_scope', 'mmdet')
@@ -165,7 +166,7 @@ def complexity(cfg: Any, shape: Tuple[int, int], model: Optional[nn.Module] = No
         analyzer.tracer_warnings('none')
         total = analyzer.total()
         by_module = {name[len('model.'):]: n for name, n in analyzer.by_module().items()
-                     if name.count('.') == 1 and name.startswith('model.')}
+                     if name.count('.') == depth and name.startswith('model.')}
         unsupported = dict(analyzer.unsupported_ops())
     return dict(params=params, flops=total, flops_by_module=by_module, unsupported=unsupported,
                 input_shape=tuple(inputs.shape[-2:]))
@@ -181,7 +182,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         'classification')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, key=value pairs')
-    return parser.parse_args(argv)
+    parser.add_argument('--by-module', type=int, default=1, metavar='DEPTH',
+                        help='list FLOPs per module DEPTH levels below the model (default 1: '
+                        'backbone, neck, heads; 2: their children, ...)')
+    args = parser.parse_args(argv)
+    if args.by_module < 1:
+        parser.error(f'--by-module must be >= 1, got {args.by_module}')
+    return args
 
 
 def default_shape(scope: str) -> Tuple[int, int]:
@@ -205,7 +212,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     else:
         print('error: --shape takes H or H W', file=sys.stderr)
         return 2
-    result = complexity(cfg, shape)
+    result = complexity(cfg, shape, depth=args.by_module)
     line = '=' * 60
     print(line)
     print(f'Config:  {args.config}')
@@ -215,7 +222,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     print(f'FLOPs:   {result["flops"] / 1e9:.1f} G (multiply-adds)')
     print(f'Params:  {result["params"] / 1e6:.2f} M ({result["params"]:,})')
     for name, n in result['flops_by_module'].items():
-        print(f'  {name:<24s} {n / 1e9:10.2f} G')
+        print(f'  {name:<40s} {n / 1e9:10.2f} G')
     if result['unsupported']:
         skipped = ', '.join(f'{k} x{v}' for k, v in sorted(result['unsupported'].items()))
         print(f'Not counted (no FLOP handle): {skipped}')
