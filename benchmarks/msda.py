@@ -5,7 +5,7 @@ CPU: ``crossformer_mm.ops.ms_deform_attn`` (C++ kernel) against mmcv's CPU path
 GPU (when CUDA is available): the Triton kernel against mmcv's CUDA kernel
 (``MultiScaleDeformableAttnFunction``).
 
-Cases (DESIGN.md section 4): the Deformable DETR encoder at 800x1333 (B=1, levels 100x167, 50x84,
+Cases: the Deformable DETR encoder at 800x1333 (B=1, levels 100x167, 50x84,
 25x42, 13x21, Q = S = 22,223, C=256, 8 heads, 4 levels, 4 points), the decoder (Q=300, same
 value) and a small shape. Sampling locations follow a trained model's pattern: reference point
 (the query's own pixel centre in the encoder, uniform in the decoder) plus offsets of about two
@@ -85,7 +85,9 @@ def make_inputs(case: str, device: str, dtype: torch.dtype, uniform: bool, seed:
 
 
 def cost_model(case: str, bytes_per_elem: int = 4) -> Tuple[float, float]:
-    """(FLOPs, minimum bytes) of one forward (DESIGN.md section 4)."""
+    """(FLOPs, minimum bytes) of one forward: ``10·B·Q·C·L·P`` FLOPs (4 bilinear-corner and 1
+    attention-weight multiply-add per channel and sample) and ``B·S·C + 3·B·Q·heads·L·P +
+    B·Q·C`` elements (value, locations and weights, output)."""
     shapes, num_queries, bs = CASES[case]
     num_keys = sum(h * w for h, w in shapes)
     nq = num_keys if num_queries is None else num_queries
