@@ -112,7 +112,7 @@ log "torch $TORCH_TAG (CUDA ops: $WITH_CUDA)"
 
 # 3. mmcv with its compiled ops. The wheel is cached per torch build (and, by its name, per stack),
 #    so a new environment on the same machine installs it in seconds; only a machine's first run
-#    compiles it (~11 min, 2 cores).
+#    compiles it.
 # build_mmcv DIST VERSION: builds DIST==VERSION (mmcv or onedl-mmcv) from its sdist into
 # $WHEEL_DIR, unless a wheel for it is already there.
 build_mmcv() {
@@ -121,7 +121,7 @@ build_mmcv() {
   if ls "$WHEEL_DIR/$pkg-$version"-*.whl >/dev/null 2>&1; then
     return 0
   fi
-  log "building $dist $version with ops (about 14 minutes on 2 cores; done once per torch build)"
+  log "building $dist $version with ops (the long step; done once per torch build and stack)"
   export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
   if [ "$WITH_CUDA" = 1 ]; then export FORCE_CUDA=1; fi
   src=$(mktemp -d)
