@@ -6,11 +6,19 @@
 #   bash tools/setup_env.sh            # torch 2.14.1 + torchvision 0.29.1 (the users' stack)
 #   CFM_TORCH=torch==2.13.0 bash tools/setup_env.sh   # the CPU-only torch, without torchvision
 #   PYTHON=/path/to/python bash tools/setup_env.sh
+#   CFM_STACK=onedl CFM_VENV=$PWD/.venv-onedl bash tools/setup_env.sh   # the OneDL forks
 #
 # Environment knobs:
 #   PYTHON        interpreter used to create the environment (default: python3)
+#   CFM_STACK     which OpenMMLab stack to install (default: upstream):
+#                   upstream  the pinned OpenMMLab releases, requirements/mminstall.txt
+#                   onedl     the maintained OneDL forks, requirements/mminstall-onedl.txt
+#                 Both install under the same import names (mmcv, mmengine, mmdet, ...), so give
+#                 each stack its own CFM_VENV; switching an environment's stack uninstalls the
+#                 other stack's distributions first.
 #   CFM_VENV      where the environment lives (default: <repo>/.venv)
-#   CFM_CACHE     where the built mmcv wheel is kept between environments
+#   CFM_CACHE     where the built mmcv wheels are kept between environments, one per torch
+#                 build and stack
 #                 (default: ~/.cache/crossformer_mm)
 #   CFM_TORCH     torch (and torchvision) requirements on machines without a CUDA torch
 #                 (default: "torch==2.14.1 torchvision==0.29.1": CUDA builds, which also run on a
@@ -25,7 +33,16 @@ VENV=${CFM_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 CACHE=${CFM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crossformer_mm}
 TORCH_REQ=${CFM_TORCH:-torch==2.14.1 torchvision==0.29.1}
-MMCV_VERSION=2.1.0
+STACK=${CFM_STACK:-upstream}
+case "$STACK" in
+  upstream) MM_REQ=requirements/mminstall.txt; OTHER_REQ=requirements/mminstall-onedl.txt ;;
+  onedl) MM_REQ=requirements/mminstall-onedl.txt; OTHER_REQ=requirements/mminstall.txt ;;
+  *) echo "[setup] CFM_STACK must be 'upstream' or 'onedl', got '$STACK'" >&2; exit 2 ;;
+esac
+# The mmcv distribution of the stack and its version, as pinned in its requirements file: it is
+# the one package built from source (with its compiled ops).
+MMCV_DIST=$(sed -n -E 's/^((onedl-)?mmcv)==.*/\1/p' "$ROOT/$MM_REQ")
+MMCV_VERSION=$(sed -n -E 's/^(onedl-)?mmcv==([^ ;#]+).*/\2/p' "$ROOT/$MM_REQ")
 START=$(date +%s)
 
 log() { echo "[setup $(( $(date +%s) - START ))s] $*"; }
@@ -34,6 +51,7 @@ log() { echo "[setup $(( $(date +%s) - START ))s] $*"; }
 stamp_of() {
   (
     cd "$ROOT"
+    echo "stack=$STACK"
     cat tools/setup_env.sh setup.py requirements/*.txt 2>/dev/null
     find crossformer_mm -path '*/csrc/*' -type f 2>/dev/null | LC_ALL=C sort | xargs -r cat
   ) | sha256sum | cut -d' ' -f1
@@ -41,11 +59,20 @@ stamp_of() {
 STAMP=$(stamp_of)
 STAMP_FILE=$VENV/.crossformer_mm-stamp
 
+# The stack imports, with its compiled ops, and every package has the version pinned in the
+# stack's requirements file (distribution names there map to the shared import names).
 check_env() {
-  "$VENV/bin/python" - <<'PY' >/dev/null 2>&1
-import mmcv, mmcv.ops, mmdet, mmseg, mmengine, mmpretrain.registry  # noqa: F401
+  "$VENV/bin/python" - "$ROOT/$MM_REQ" <<'PY' >/dev/null 2>&1
+import importlib, re, sys
+import mmcv.ops, mmpretrain.registry  # noqa: F401
 import crossformer_mm  # noqa: F401
-assert mmcv.__version__ == '2.1.0'
+modules = {'mmcv': 'mmcv', 'mmengine': 'mmengine', 'mmdet': 'mmdet', 'mmdetection': 'mmdet',
+           'mmsegmentation': 'mmseg', 'mmpretrain': 'mmpretrain'}
+for line in open(sys.argv[1]):
+    m = re.match(r'(?:onedl-)?([a-z]+)==([^\s;#]+)', line)
+    if m:
+        name = modules[m.group(1)]
+        assert importlib.import_module(name).__version__ == m.group(2), name
 PY
 }
 
@@ -83,39 +110,61 @@ TORCH_TAG=$("$VPY" -c "import torch; print(torch.__version__.replace('+', '_'))"
 WITH_CUDA=$("$VPY" -c "import torch; print(int(bool(torch.version.cuda) and torch.cuda.is_available()))")
 log "torch $TORCH_TAG (CUDA ops: $WITH_CUDA)"
 
-# 3. mmcv with its compiled ops. The wheel is cached per torch build, so a new environment on the
-#    same machine installs it in seconds; only a machine's first run compiles it (~11 min, 2 cores).
+# 3. mmcv with its compiled ops. The wheel is cached per torch build (and, by its name, per stack),
+#    so a new environment on the same machine installs it in seconds; only a machine's first run
+#    compiles it.
+# build_mmcv DIST VERSION: builds DIST==VERSION (mmcv or onedl-mmcv) from its sdist into
+# $WHEEL_DIR, unless a wheel for it is already there.
+build_mmcv() {
+  local dist=$1 version=$2 src pkg
+  pkg=${dist//-/_}  # the file-name form of the distribution name (sdist and wheel)
+  if ls "$WHEEL_DIR/$pkg-$version"-*.whl >/dev/null 2>&1; then
+    return 0
+  fi
+  log "building $dist $version with ops (the long step; done once per torch build and stack)"
+  export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
+  if [ "$WITH_CUDA" = 1 ]; then export FORCE_CUDA=1; fi
+  src=$(mktemp -d)
+  "$VPY" -m pip download --disable-pip-version-check --no-deps --no-build-isolation \
+    --no-binary :all: -d "$src" \
+    "$dist==$version" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  tar -xzf "$src/$pkg-$version.tar.gz" -C "$src"
+  # torch >= 2.14's headers require C++20; mmcv's (and onedl-mmcv's) setup.py hard-codes
+  # -std=c++14/-std=c++17.
+  if "$VPY" -c "import torch, sys; v = tuple(map(int, torch.__version__.split('+')[0].split('.')[:2])); sys.exit(0 if v >= (2, 14) else 1)"; then
+    log "torch >= 2.14: compiling $dist with -std=c++20"
+    sed -i -e 's/-std=c++14/-std=c++20/g' -e 's/-std=c++17/-std=c++20/g' \
+      "$src/$pkg-$version/setup.py"
+  fi
+  # --no-cache-dir: pip's own wheel cache would hand back a build made for another torch.
+  "$VPY" -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir \
+    -w "$WHEEL_DIR" "$src/$pkg-$version" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  rm -rf "$src"
+  ls "$WHEEL_DIR/$pkg-$version"-*.whl >/dev/null
+}
+
+# Both stacks own the same import names: drop the other stack's distributions before installing.
+OTHER_DISTS=$(sed -n -E 's/^([A-Za-z0-9_.-]+)==.*/\1/p' "$ROOT/$OTHER_REQ")
+# shellcheck disable=SC2086  (one name per word)
+INSTALLED_OTHER=$("$VPY" -m pip list --disable-pip-version-check --format=freeze 2>/dev/null \
+  | sed -n -E 's/^([A-Za-z0-9_.-]+)==.*/\1/p' | tr '_' '-' | grep -ixF -f <(printf '%s\n' $OTHER_DISTS) || true)
+if [ -n "$INSTALLED_OTHER" ]; then
+  log "switching to the $STACK stack: uninstalling" $INSTALLED_OTHER
+  # shellcheck disable=SC2086
+  "$VPY" -m pip uninstall --disable-pip-version-check -y -q $INSTALLED_OTHER
+fi
+
 if ! "$VPY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" >/dev/null 2>&1; then
   WHEEL_DIR="$CACHE/wheels/torch-$TORCH_TAG-cuda$WITH_CUDA"
   mkdir -p "$WHEEL_DIR"
-  if ! ls "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
-    log "building mmcv $MMCV_VERSION with ops (about 14 minutes on 2 cores; done once per torch build)"
-    export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
-    if [ "$WITH_CUDA" = 1 ]; then export FORCE_CUDA=1; fi
-    SRC=$(mktemp -d)
-    "$VPY" -m pip download --disable-pip-version-check --no-deps --no-build-isolation \
-      --no-binary :all: -d "$SRC" \
-      "mmcv==$MMCV_VERSION" 2>&1 | { grep -v "^WARNING: Location" || true; }
-    tar -xzf "$SRC"/mmcv-"$MMCV_VERSION".tar.gz -C "$SRC"
-    # torch >= 2.14's headers require C++20; mmcv's setup.py hard-codes -std=c++14/-std=c++17.
-    if "$VPY" -c "import torch, sys; v = tuple(map(int, torch.__version__.split('+')[0].split('.')[:2])); sys.exit(0 if v >= (2, 14) else 1)"; then
-      log "torch >= 2.14: compiling mmcv with -std=c++20"
-      sed -i -e 's/-std=c++14/-std=c++20/g' -e 's/-std=c++17/-std=c++20/g' \
-        "$SRC/mmcv-$MMCV_VERSION/setup.py"
-    fi
-    # --no-cache-dir: pip's own wheel cache would hand back a build made for another torch.
-    "$VPY" -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir \
-      -w "$WHEEL_DIR" "$SRC/mmcv-$MMCV_VERSION" 2>&1 | { grep -v "^WARNING: Location" || true; }
-    rm -rf "$SRC"
-    ls "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl >/dev/null
-  fi
-  log "installing mmcv from $WHEEL_DIR"
-  pip_install -q --no-deps "$WHEEL_DIR"/mmcv-"$MMCV_VERSION"-*.whl
+  build_mmcv "$MMCV_DIST" "$MMCV_VERSION"
+  log "installing $MMCV_DIST from $WHEEL_DIR"
+  pip_install -q --no-deps "$WHEEL_DIR/${MMCV_DIST//-/_}-$MMCV_VERSION"-*.whl
 fi
 
 # 4. The rest of the stack, the test tools, and the package itself (editable, with its native op).
-log "installing the OpenMMLab stack and test requirements"
-pip_install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/requirements/mminstall.txt" \
+log "installing the $STACK OpenMMLab stack and test requirements"
+pip_install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/$MM_REQ" \
   -r "$ROOT/requirements/tests.txt"
 log "installing crossformer_mm (editable, builds the native op)"
 pip_install -q --no-build-isolation --no-deps -e "$ROOT"
@@ -126,4 +175,4 @@ if ! check_env; then
   exit 1
 fi
 echo "$STAMP" > "$STAMP_FILE"
-log "done: $VENV"
+log "done: $VENV ($STACK stack)"
