@@ -1,0 +1,65 @@
+"""Test-session setup shared by every test folder.
+
+The tests never touch the user's home: at import time (before any test module imports
+``crossformer_mm``, torch hub, matplotlib or triton) ``HOME`` and every cache derived from it —
+``XDG_CACHE_HOME`` / ``XDG_CONFIG_HOME``, ``TORCH_HOME``, the checkpoint trust store
+(``CFM_TRUST_STORE``), ``MPLCONFIGDIR``, triton's cache — point into one temporary folder for the
+session. They are set in ``os.environ``, so the tools the tests launch as subprocesses
+(``tools/train.py``, ``torchrun``) inherit them. The folder is removed when the session ends.
+
+Property-based tests (hypothesis) run a bounded, derandomised profile by default and a much
+larger one under ``-m slow`` (see docs/testing.md).
+"""
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+
+#: The session's stand-in for the user's home; everything below is created eagerly.
+SESSION_HOME = Path(tempfile.mkdtemp(prefix='cfm-tests-home-'))
+
+#: Variables pointed into SESSION_HOME (variable -> folder relative to it).
+ISOLATED_ENV: Dict[str, str] = {
+    'HOME': '.',
+    'XDG_CACHE_HOME': '.cache',
+    'XDG_CONFIG_HOME': '.config',
+    'XDG_DATA_HOME': '.local/share',
+    'TORCH_HOME': '.cache/torch',
+    'TORCH_EXTENSIONS_DIR': '.cache/torch_extensions',
+    'CFM_TRUST_STORE': '.cache/crossformer_mm/trusted_checkpoints',
+    'MPLCONFIGDIR': '.config/matplotlib',
+    'TRITON_HOME': '.',
+    'TRITON_CACHE_DIR': '.triton/cache',
+}
+for _name, _rel in ISOLATED_ENV.items():
+    _path = (SESSION_HOME / _rel).resolve()
+    _path.mkdir(parents=True, exist_ok=True)
+    os.environ[_name] = str(_path)
+# A user's list of hand-trusted checkpoint files must not leak into the tests either.
+os.environ.pop('CFM_TRUSTED_CHECKPOINTS', None)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def isolated_home() -> Iterator[Path]:
+    """The temporary home of this test session (removed afterwards)."""
+    yield SESSION_HOME
+    shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Selects the hypothesis profile: ``slow`` when the run selects slow tests."""
+    try:
+        from hypothesis import HealthCheck, settings
+    except ImportError:  # hypothesis is only needed by the property-based tests
+        return
+    common = dict(deadline=None, database=None, print_blob=True,
+                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    settings.register_profile('default', max_examples=100, derandomize=True, **common)
+    settings.register_profile('slow', max_examples=2000, derandomize=True, **common)
+    markexpr = config.getoption('markexpr', '') or ''
+    selects_slow = 'slow' in markexpr and 'not slow' not in markexpr
+    settings.load_profile(os.environ.get('CFM_HYPOTHESIS_PROFILE',
+                                         'slow' if selects_slow else 'default'))
