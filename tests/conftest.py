@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Callable, Dict, Iterator, List
 
 import pytest
 
@@ -47,6 +47,23 @@ def isolated_home() -> Iterator[Path]:
     """The temporary home of this test session (removed afterwards)."""
     yield SESSION_HOME
     shutil.rmtree(SESSION_HOME, ignore_errors=True)
+
+
+#: Figures that tests report (fuzz case counts, soak memory), printed in the run's summary.
+_REPORTED: List[str] = []
+
+
+@pytest.fixture(scope='session')
+def report_line() -> Callable[[str], None]:
+    """``report_line(text)`` adds ``text`` to the summary at the end of the run."""
+    return _REPORTED.append
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if _REPORTED:
+        terminalreporter.section('reported figures')
+        for line in _REPORTED:
+            terminalreporter.write_line(line)
 
 
 def pytest_configure(config: pytest.Config) -> None:
