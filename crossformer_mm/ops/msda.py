@@ -111,8 +111,8 @@ def check_ms_deform_attn_inputs(value: torch.Tensor, spatial_shapes: torch.Tenso
                             f'layout {t.layout}')
     for name in ('value', 'sampling_locations', 'attention_weights'):
         if args[name].dtype not in _FLOAT_DTYPES:
-            raise TypeError(f'ms_deform_attn: {name} must be a float64, float32, float16 or '
-                            f'bfloat16 tensor, got {args[name].dtype}')
+            raise TypeError(f'ms_deform_attn: {name} must be a floating-point tensor (float64, '
+                            f'float32, float16 or bfloat16), got {args[name].dtype}')
     for name in ('spatial_shapes', 'level_start_index'):
         if args[name].is_floating_point() or args[name].is_complex() or \
                 args[name].dtype == torch.bool:
