@@ -8,7 +8,7 @@ session. They are set in ``os.environ``, so the tools the tests launch as subpro
 (``tools/train.py``, ``torchrun``) inherit them. The folder is removed when the session ends.
 
 Property-based tests (hypothesis) run a bounded, derandomised profile by default and a much
-larger one under ``-m slow`` (see docs/testing.md).
+larger one in their slow-marked variants, ``-m slow`` (see docs/testing.md).
 """
 import os
 import shutil
@@ -67,7 +67,8 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Selects the hypothesis profile: ``slow`` when the run selects slow tests."""
+    """Registers the hypothesis profiles; the property tests pick one per run (``default``, and
+    ``slow`` for their slow-marked variants); ``CFM_HYPOTHESIS_PROFILE`` sets the global one."""
     try:
         from hypothesis import HealthCheck, settings
     except ImportError:  # hypothesis is only needed by the property-based tests
@@ -76,7 +77,4 @@ def pytest_configure(config: pytest.Config) -> None:
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
     settings.register_profile('default', max_examples=100, derandomize=True, **common)
     settings.register_profile('slow', max_examples=2000, derandomize=True, **common)
-    markexpr = config.getoption('markexpr', '') or ''
-    selects_slow = 'slow' in markexpr and 'not slow' not in markexpr
-    settings.load_profile(os.environ.get('CFM_HYPOTHESIS_PROFILE',
-                                         'slow' if selects_slow else 'default'))
+    settings.load_profile(os.environ.get('CFM_HYPOTHESIS_PROFILE', 'default'))

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import pytest
 import torch
-from hypothesis import given, note
+from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from crossformer_mm.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
@@ -214,6 +214,17 @@ def leaf_mask(view: ViewFn, leaf: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return probe.grad > 0
 
 
+#: Each property runs under the default hypothesis profile, and under the slow one with -m slow.
+PROFILES = [pytest.param('default', id='default'),
+            pytest.param('slow', id='slow', marks=[pytest.mark.slow, pytest.mark.timeout(3600)])]
+
+
+def run_property(profile: str, check: Callable, *strategies) -> None:
+    """Runs ``check`` on cases drawn from ``strategies`` with the named settings profile
+    (registered in tests/conftest.py)."""
+    settings(settings.get_profile(profile))(given(*strategies)(check))()
+
+
 #: Cases run by the property tests in this session (reported at the end of the run).
 COUNTS: Dict[str, int] = {}
 
@@ -231,8 +242,12 @@ def report_counts(report_line):
 
 
 # ---------------------------------------------------------------- properties
-@given(op_cases())
-def test_op_matches_reference(case: dict) -> None:
+@pytest.mark.parametrize('profile', PROFILES)
+def test_op_matches_reference(profile: str) -> None:
+    run_property(profile, check_op_matches_reference, op_cases())
+
+
+def check_op_matches_reference(case: dict) -> None:
     note(repr(case))
     count('op')
     inputs, leaves, views = build_case(case)
@@ -359,8 +374,12 @@ def defect_cases(draw) -> Tuple[dict, str]:
     return case, draw(st.sampled_from(sorted(DEFECTS)))
 
 
-@given(defect_cases())
-def test_bad_input_raises_error_naming_the_argument(drawn: Tuple[dict, str]) -> None:
+@pytest.mark.parametrize('profile', PROFILES)
+def test_bad_input_raises_error_naming_the_argument(profile: str) -> None:
+    run_property(profile, check_bad_input_raises_error_naming_the_argument, defect_cases())
+
+
+def check_bad_input_raises_error_naming_the_argument(drawn: Tuple[dict, str]) -> None:
     case, defect = drawn
     note(f'{defect}: {case!r}')
     count('bad-input')
@@ -420,8 +439,12 @@ def module_inputs(case: dict, gen: torch.Generator) -> dict:
     return inputs
 
 
-@given(module_cases())
-def test_module_matches_mmcv(case: dict) -> None:
+@pytest.mark.parametrize('profile', PROFILES)
+def test_module_matches_mmcv(profile: str) -> None:
+    run_property(profile, check_module_matches_mmcv, module_cases())
+
+
+def check_module_matches_mmcv(case: dict) -> None:
     from mmcv.ops import MultiScaleDeformableAttention
     note(repr(case))
     count('module')
@@ -480,8 +503,13 @@ MODULE_DEFECTS = {
 }
 
 
-@given(module_cases(), st.sampled_from(sorted(MODULE_DEFECTS)))
-def test_module_bad_input_raises_error_naming_the_argument(case: dict, defect: str) -> None:
+@pytest.mark.parametrize('profile', PROFILES)
+def test_module_bad_input_raises_error_naming_the_argument(profile: str) -> None:
+    run_property(profile, check_module_bad_input_raises_error_naming_the_argument, module_cases(),
+                 st.sampled_from(sorted(MODULE_DEFECTS)))
+
+
+def check_module_bad_input_raises_error_naming_the_argument(case: dict, defect: str) -> None:
     note(f'{defect}: {case!r}')
     count('module-bad-input')
     case = dict(case, value_is_query=False, with_mask=True, batch_first=True)
@@ -497,9 +525,14 @@ def test_module_bad_input_raises_error_naming_the_argument(case: dict, defect: s
     assert argument in str(info.value), (defect, str(info.value))
 
 
-@given(st.integers(-2, 9), st.integers(-2, 5), st.integers(-1, 4), st.integers(-1, 4),
-       st.sampled_from((1.0, 0.5, 1.3)))
-def test_module_constructor_validates_its_arguments(embed_dims: int, num_heads: int,
+@pytest.mark.parametrize('profile', PROFILES)
+def test_module_constructor_validates_its_arguments(profile: str) -> None:
+    run_property(profile, check_module_constructor_validates_its_arguments, st.integers(-2, 9),
+                 st.integers(-2, 5), st.integers(-1, 4), st.integers(-1, 4),
+                 st.sampled_from((1.0, 0.5, 1.3)))
+
+
+def check_module_constructor_validates_its_arguments(embed_dims: int, num_heads: int,
                                                     num_levels: int, num_points: int,
                                                     value_proj_ratio: float) -> None:
     count('module-init')
