@@ -63,8 +63,28 @@ def native_kernel_available(device: torch.device) -> bool:
 # --------------------------------------------------------------------------------------------
 
 
+_FLOAT_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_INT32_MAX = 2**31 - 1
+_GPU_GRID_MAX = 65535  # CUDA's limit on the second axis of a launch grid
+
+
 def _shape_str(shape) -> str:
     return '(' + ', '.join(str(s) for s in shape) + ')'
+
+
+def _check_gpu_index_range(bs: int, num_keys: int, num_heads: int, num_queries: int) -> None:
+    """Refuses CUDA calls beyond the Triton kernel's index range: it computes batch*keys and
+    batch*queries*heads offsets in 32 bits and launches one program row per batch*head."""
+    if bs * num_keys > _INT32_MAX:
+        raise ValueError(f'ms_deform_attn on CUDA: value has bs * num_keys = {bs} * {num_keys} '
+                         f'> 2**31 - 1 keys in all; split the batch')
+    if bs * num_queries * num_heads > _INT32_MAX:
+        raise ValueError('ms_deform_attn on CUDA: sampling_locations has bs * num_queries * '
+                         f'num_heads = {bs} * {num_queries} * {num_heads} > 2**31 - 1 rows; '
+                         'split the batch or the queries')
+    if bs * num_heads > _GPU_GRID_MAX:
+        raise ValueError(f'ms_deform_attn on CUDA: bs * num_heads = {bs} * {num_heads} exceeds '
+                         f'the kernel\'s limit of {_GPU_GRID_MAX}; split the batch')
 
 
 def check_ms_deform_attn_inputs(value: torch.Tensor, spatial_shapes: torch.Tensor,
@@ -86,10 +106,13 @@ def check_ms_deform_attn_inputs(value: torch.Tensor, spatial_shapes: torch.Tenso
     for name, t in args.items():
         if not isinstance(t, torch.Tensor):
             raise TypeError(f'ms_deform_attn: {name} must be a torch.Tensor, got {type(t)}')
+        if t.layout != torch.strided:
+            raise TypeError(f'ms_deform_attn: {name} must be a dense (strided) tensor, got '
+                            f'layout {t.layout}')
     for name in ('value', 'sampling_locations', 'attention_weights'):
-        if not args[name].is_floating_point():
-            raise TypeError(f'ms_deform_attn: {name} must be a floating-point tensor, got '
-                            f'{args[name].dtype}')
+        if args[name].dtype not in _FLOAT_DTYPES:
+            raise TypeError(f'ms_deform_attn: {name} must be a floating-point tensor (float64, '
+                            f'float32, float16 or bfloat16), got {args[name].dtype}')
     for name in ('spatial_shapes', 'level_start_index'):
         if args[name].is_floating_point() or args[name].is_complex() or \
                 args[name].dtype == torch.bool:
@@ -144,6 +167,8 @@ def check_ms_deform_attn_inputs(value: torch.Tensor, spatial_shapes: torch.Tenso
     if total != num_keys:
         raise ValueError(f'ms_deform_attn: value must have sum(H*W) = {total} keys for '
                          f'spatial_shapes {shapes}, got value of shape {_shape_str(value.shape)}')
+    if value.device.type == 'cuda':
+        _check_gpu_index_range(bs, num_keys, num_heads, num_queries)
     return shapes
 
 
@@ -173,6 +198,12 @@ def ms_deform_attn_pytorch(value: torch.Tensor, spatial_shapes: torch.Tensor,
         v_l = v[:, :, start:start + h * w]
         x = loc[:, :, :, level, :, 0] * w - 0.5  # (bs, nq, heads, P)
         y = loc[:, :, :, level, :, 1] * h - 0.5
+        # As in the kernels, a point reads nothing unless -1 < x < w and -1 < y < h (NaN fails
+        # the test): it is moved to a finite spot outside and weighted 0, so that inf/NaN
+        # locations or weights of such points change neither the output nor the gradients.
+        outside = ~((x > -1) & (x < w) & (y > -1) & (y < h))
+        x, y = x.masked_fill(outside, -2.0), y.masked_fill(outside, -2.0)
+        attn_l = attn[:, :, :, level].masked_fill(outside, 0.0)
         x0, y0 = x.floor(), y.floor()
         fx, fy = x - x0, y - y0
         corners = ((0, 0, (1 - fy) * (1 - fx)), (0, 1, (1 - fy) * fx), (1, 0, fy * (1 - fx)),
@@ -180,12 +211,15 @@ def ms_deform_attn_pytorch(value: torch.Tensor, spatial_shapes: torch.Tensor,
         for dy, dx, bilinear in corners:
             xi, yi = x0 + dx, y0 + dy
             inside = (xi >= 0) & (xi < w) & (yi >= 0) & (yi < h)
-            index = (yi.clamp(0, h - 1) * w + xi.clamp(0, w - 1)).long()
+            # Integer index arithmetic: float32 cannot count the keys of a level beyond 2**24.
+            index = yi.clamp(0, h - 1).long() * w + xi.clamp(0, w - 1).long()
             index = index.permute(0, 2, 1, 3).reshape(bs, num_heads, num_queries * num_points, 1)
             gathered = torch.gather(v_l, 2, index.expand(-1, -1, -1, head_dims))
             gathered = gathered.view(bs, num_heads, num_queries, num_points,
                                      head_dims).permute(0, 2, 1, 3, 4)
-            coef = bilinear * inside.to(dtype) * attn[:, :, :, level]
+            # Corners outside the map read zeros, not the (maybe non-finite) clamped row.
+            gathered = gathered.masked_fill(~inside[..., None], 0.0)
+            coef = bilinear * inside.to(dtype) * attn_l
             out = out + (gathered * coef[..., None]).sum(3)
     return out.flatten(2).to(value.dtype)
 
@@ -324,6 +358,10 @@ class MSDeformAttn(BaseModule):
                  init_cfg: Optional[dict] = None,
                  value_proj_ratio: float = 1.0) -> None:
         super().__init__(init_cfg)
+        for name, n in (('embed_dims', embed_dims), ('num_heads', num_heads),
+                        ('num_levels', num_levels), ('num_points', num_points)):
+            if not isinstance(n, int) or n <= 0:
+                raise ValueError(f'MSDeformAttn: {name} must be a positive int, got {n!r}')
         if embed_dims % num_heads != 0:
             raise ValueError(f'embed_dims must be divisible by num_heads, but got {embed_dims} '
                              f'and {num_heads}')
@@ -338,9 +376,9 @@ class MSDeformAttn(BaseModule):
         self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
         value_proj_size = int(embed_dims * value_proj_ratio)
-        if value_proj_size % num_heads != 0:
+        if value_proj_size <= 0 or value_proj_size % num_heads != 0:
             raise ValueError(f'int(embed_dims * value_proj_ratio) = {value_proj_size} must be '
-                             f'divisible by num_heads = {num_heads}')
+                             f'positive and divisible by num_heads = {num_heads}')
         self.value_proj = nn.Linear(embed_dims, value_proj_size)
         self.output_proj = nn.Linear(value_proj_size, embed_dims)
         self.init_weights()
@@ -396,14 +434,16 @@ class MSDeformAttn(BaseModule):
             value = query
         if identity is None:
             identity = query
+        if spatial_shapes is None or level_start_index is None or reference_points is None:
+            raise ValueError('MSDeformAttn.forward needs reference_points, spatial_shapes and '
+                             'level_start_index')
+        self._check_forward_inputs(query, value, reference_points, spatial_shapes,
+                                   key_padding_mask)
         if query_pos is not None:
             query = query + query_pos
         if not self.batch_first:
             query = query.permute(1, 0, 2)
             value = value.permute(1, 0, 2)
-        if spatial_shapes is None or level_start_index is None or reference_points is None:
-            raise ValueError('MSDeformAttn.forward needs reference_points, spatial_shapes and '
-                             'level_start_index')
         bs, num_query, _ = query.shape
         _, num_value, _ = value.shape
 
@@ -438,6 +478,42 @@ class MSDeformAttn(BaseModule):
         if not self.batch_first:
             output = output.permute(1, 0, 2)
         return self.dropout(output) + identity
+
+    def _check_forward_inputs(self, query: torch.Tensor, value: torch.Tensor,
+                              reference_points: torch.Tensor, spatial_shapes: torch.Tensor,
+                              key_padding_mask: Optional[torch.Tensor]) -> None:
+        """Raises an error naming the argument whose shape does not fit the module or the
+        others (the op checks the level layout)."""
+        args = dict(query=query, value=value, reference_points=reference_points,
+                    spatial_shapes=spatial_shapes, key_padding_mask=key_padding_mask)
+        for name, t in args.items():
+            if t is not None and not isinstance(t, torch.Tensor):
+                raise TypeError(f'MSDeformAttn: {name} must be a torch.Tensor, got {type(t)}')
+        layout = '(bs, n, embed_dims)' if self.batch_first else '(n, bs, embed_dims)'
+        for name in ('query', 'value'):
+            t = args[name]
+            if t.dim() != 3 or t.shape[-1] != self.embed_dims:
+                raise ValueError(f'MSDeformAttn: {name} must have shape {layout} with '
+                                 f'embed_dims = {self.embed_dims}, got {_shape_str(t.shape)}')
+        b = 0 if self.batch_first else 1
+        bs, num_query, num_value = query.shape[b], query.shape[1 - b], value.shape[1 - b]
+        if value.shape[b] != bs:
+            raise ValueError(f'MSDeformAttn: value has batch size {value.shape[b]}, query has '
+                             f'{bs} (layout {layout})')
+        if tuple(spatial_shapes.shape) != (self.num_levels, 2):
+            raise ValueError(f'MSDeformAttn: spatial_shapes must have shape ({self.num_levels}, '
+                             f'2) for num_levels = {self.num_levels}, got '
+                             f'{_shape_str(spatial_shapes.shape)}')
+        if reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != (
+                bs, num_query, self.num_levels) or reference_points.shape[-1] not in (2, 4):
+            raise ValueError('MSDeformAttn: reference_points must have shape (bs, num_query, '
+                             f'num_levels, 2 or 4) = ({bs}, {num_query}, {self.num_levels}, 2 '
+                             f'or 4), got {_shape_str(reference_points.shape)}')
+        if key_padding_mask is not None and (key_padding_mask.dtype != torch.bool or tuple(
+                key_padding_mask.shape) != (bs, num_value)):
+            raise ValueError(f'MSDeformAttn: key_padding_mask must be a bool tensor of shape '
+                             f'(bs, num_value) = ({bs}, {num_value}), got '
+                             f'{key_padding_mask.dtype} {_shape_str(key_padding_mask.shape)}')
 
     @classmethod
     def from_mmcv(cls, module: nn.Module) -> 'MSDeformAttn':

@@ -204,22 +204,28 @@ def test_config_builds(path: Path):
     check_config(path)
 
 
+#: Broken configs: (text, the exception, what its message must say about the mistake).
 BROKEN = {
-    'missing-base': "_base_ = '{dir}/retinanet_crossformer-s_fpn_1x_cocoo.py'\n",
-    'wrong-channels': "_base_ = '{dir}/retinanet_crossformer-s_fpn_1x_coco.py'\n"
-                      "model = dict(neck=dict(in_channels=[64, 128, 256, 512]))\n",
-    'key-typo': "_base_ = '{dir}/retinanet_crossformer-s_fpn_1x_coco.py'\n"
-                "model = dict(backbone=dict(drop_path_rat=0.3))\n",
-    'type-typo': "_base_ = '{dir}/retinanet_crossformer-s_fpn_1x_coco.py'\n"
-                 "model = dict(backbone=dict(type='CrossFomer'))\n",
+    'missing-base': ("_base_ = '{dir}/retinanet_crossformer-s_fpn_1x_cocoo.py'\n",
+                     FileNotFoundError, r'retinanet_crossformer-s_fpn_1x_cocoo\.py'),
+    'wrong-channels': ("_base_ = '{dir}/retinanet_crossformer-s_fpn_1x_coco.py'\n"
+                       "model = dict(neck=dict(in_channels=[64, 128, 256, 512]))\n",
+                       RuntimeError, r'to have 128 channels, but got 192 channels'),
+    'key-typo': ("_base_ = '{dir}/retinanet_crossformer-s_fpn_1x_coco.py'\n"
+                 "model = dict(backbone=dict(drop_path_rat=0.3))\n",
+                 TypeError, 'drop_path_rat'),
+    'type-typo': ("_base_ = '{dir}/retinanet_crossformer-s_fpn_1x_coco.py'\n"
+                  "model = dict(backbone=dict(type='CrossFomer'))\n",
+                  ValueError, "CrossFomer.*CrossFormer"),
 }
 
 
 @pytest.mark.parametrize('name', sorted(BROKEN))
 def test_broken_config_is_caught(name: str, tmp_path: Path):
+    text, error, match = BROKEN[name]
     path = tmp_path / f'{name}.py'
-    path.write_text(BROKEN[name].format(dir=CONFIG_DIR / 'retinanet'))
-    with pytest.raises(Exception):
+    path.write_text(text.format(dir=CONFIG_DIR / 'retinanet'))
+    with pytest.raises(error, match=match):
         check_config(path)
 
 

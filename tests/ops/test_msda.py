@@ -14,8 +14,8 @@ import torch
 from mmcv.ops import MultiScaleDeformableAttention
 from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
-from crossformer_mm.ops import (MSDeformAttn, MSDeformAttnFunction, ms_deform_attn,
-                                ms_deform_attn_pytorch, replace_mmcv_msda)
+from crossformer_mm.ops import (MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch,
+                                replace_mmcv_msda)
 from crossformer_mm.ops import msda as msda_module
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -310,12 +310,25 @@ def test_fallback_to_reference_warns_once(monkeypatch):
     assert max_diff(out, ms_deform_attn_pytorch(*inputs)) <= 1e-12
 
 
-def test_function_is_used_on_cpu():
+def test_function_is_used_on_cpu(monkeypatch):
+    """On the CPU the op runs the native kernels, forward and backward (not the reference)."""
     inputs = make_inputs()
     inputs[0].requires_grad_()
+    native, calls = msda_module._EXT, []
+
+    class Spy:
+        def __getattr__(self, name):
+            def call(*args):
+                calls.append(name)
+                return getattr(native, name)(*args)
+            return call
+
+    monkeypatch.setattr(msda_module, '_EXT', Spy())
     out = ms_deform_attn(*inputs)
     assert 'MSDeformAttnFunction' in type(out.grad_fn).__name__
-    assert MSDeformAttnFunction is not None
+    out.sum().backward()
+    assert calls == ['ms_deform_attn_forward', 'ms_deform_attn_backward']
+    assert max_diff(out, ms_deform_attn_pytorch(*inputs)) <= 1e-12
 
 
 # ------------------------------------------------------------------------------------------

@@ -200,9 +200,16 @@ def test_window_size_resize_logged(mmdet_swin: torch.nn.Module) -> None:
     msgs = logger.handlers[0].messages
     assert any('resizing layers.0.blocks.0.attn.rel_pos.relative_position_bias_table' in m
                and '(169, 1)' in m and '(529, 1)' in m for m in msgs)
-    # The centre of the resized table stays close to the original one (smooth resize).
-    t = ours.layers[0].blocks[0].attn.rel_pos.relative_position_bias_table
+    # Smooth resize: the 13x13 grid of offsets is interpolated bicubically to 23x23 (what
+    # mmdet's SwinTransformer does with a pretrained table of another window size), so the
+    # zero offset keeps its bias and every entry is a bicubic blend of its neighbours.
+    t = ours.layers[0].blocks[0].attn.rel_pos.relative_position_bias_table.detach()
     assert t.shape == (23 * 23, 1)
+    src = mmdet_swin.state_dict()['stages.0.blocks.0.attn.w_msa.relative_position_bias_table']
+    grid = torch.nn.functional.interpolate(src.t().reshape(1, 1, 13, 13), size=(23, 23),
+                                           mode='bicubic', align_corners=False)
+    torch.testing.assert_close(t, grid.reshape(1, -1).t(), rtol=1e-5, atol=1e-6)
+    assert abs(float(t[11 * 23 + 11, 0] - src[6 * 13 + 6, 0])) <= 1e-5 * float(src.abs().max())
     out = ours(torch.randn(1, 3, 100, 100))
     assert out[0].shape == (1, 32, 25, 25)
 

@@ -4,7 +4,8 @@ import copy
 
 import pytest
 import torch
-from _detr_parity_utils import deformable_detr_cfg, detr_cfg, make_batch, preprocess, to_ours
+from _detr_parity_utils import (NUM_CLASSES, deformable_detr_cfg, detr_cfg, make_batch,
+                                preprocess, to_ours)
 from mmdet.registry import MODELS
 
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
@@ -38,7 +39,27 @@ def _train_and_predict(cfg):
     model.eval()
     with torch.no_grad():
         out = model.predict(inputs, copy.deepcopy(samples))
-    assert len(out[0].pred_instances) > 0
+    assert len(out) == len(samples)
+    for result in out:
+        assert_valid_detections(result, cfg['test_cfg']['max_per_img'])
+    # The detections come from the images: two different images do not score alike.
+    assert not torch.equal(out[0].pred_instances.scores, out[1].pred_instances.scores)
+
+
+def assert_valid_detections(result, max_per_img: int) -> None:
+    """The post-processed top-k: ``max_per_img`` boxes inside the original image, scores in
+    [0, 1] in decreasing order, labels among the classes."""
+    pred = result.pred_instances
+    h, w = result.ori_shape
+    assert len(pred) == max_per_img
+    boxes = pred.bboxes
+    assert boxes.shape == (max_per_img, 4) and torch.isfinite(boxes).all()
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all()
+    assert (boxes[:, 2] <= w).all() and (boxes[:, 3] <= h).all()
+    assert (boxes[:, 2] >= boxes[:, 0]).all() and (boxes[:, 3] >= boxes[:, 1]).all()
+    assert ((pred.scores >= 0) & (pred.scores <= 1)).all()
+    assert (pred.scores[:-1] >= pred.scores[1:]).all()
+    assert ((pred.labels >= 0) & (pred.labels < NUM_CLASSES)).all()
 
 
 @pytest.mark.parametrize('name', list(BACKBONES))

@@ -20,8 +20,14 @@ def test_shifted_window_mask(hw, ws, s) -> None:
     ids = region_ids(hw[0], hw[1], ws, s)
     assert mask.dtype == torch.bool and mask.shape == (ids.shape[0], ws * ws, ws * ws)
     assert torch.equal(mask, ids[:, :, None] != ids[:, None, :])
-    assert mask[0].sum() == 0 or hw[0] == ws  # the top-left window is not split (unless alone)
-    assert mask[-1].any()
+    # The shift splits the last window row and column: the top-left window is whole unless it
+    # is also in the last row or column.
+    top_left_split = hw[0] == ws or hw[1] == ws
+    assert bool(mask[0].any()) == top_left_split
+    # The bottom-right window is cut in four regions of (ws-s)^2, (ws-s)s, s(ws-s) and s^2
+    # tokens; a token may attend only within its own region.
+    sizes = ((ws - s) ** 2, (ws - s) * s, s * (ws - s), s ** 2)
+    assert int((~mask[-1]).sum()) == sum(n * n for n in sizes)
 
 
 def test_shifted_window_mask_errors() -> None:

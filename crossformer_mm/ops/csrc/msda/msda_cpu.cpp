@@ -362,11 +362,13 @@ void check_common(const at::Tensor& value, const at::Tensor& shapes, const at::T
               "attention_weights must be a contiguous (B, Q, NH, L, P) tensor matching "
               "sampling_locations");
   // Every level must lie inside value: guards the kernels against out-of-bounds reads.
+  // st + H * W <= S is tested as W <= (S - st) / H, which cannot overflow.
   const int64_t* shp = shapes.data_ptr<int64_t>();
   const int64_t* st = starts.data_ptr<int64_t>();
+  const int64_t S = value.size(1);
   for (int64_t l = 0; l < L; ++l) {
-    TORCH_CHECK(shp[2 * l] > 0 && shp[2 * l + 1] > 0 && st[l] >= 0 &&
-                    st[l] + shp[2 * l] * shp[2 * l + 1] <= value.size(1),
+    TORCH_CHECK(shp[2 * l] > 0 && shp[2 * l + 1] > 0 && st[l] >= 0 && st[l] <= S &&
+                    shp[2 * l + 1] <= (S - st[l]) / shp[2 * l],
                 "level ", l, " of spatial_shapes/level_start_index lies outside value");
   }
 }
