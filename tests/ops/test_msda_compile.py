@@ -130,3 +130,58 @@ def test_compiled_encoder_layer_matches_eager(backend):
     assert max_diff(out, expected) <= 1e-5
     for (name, _), a, b in zip(layer.named_parameters(), _grads(out, params), expected_grads):
         assert max_diff(a, b) <= 1e-4 * max(1.0, b.abs().max().item()), name
+
+
+class _TensorForward(torch.nn.Module):
+    """``model._forward`` (tensor mode) for one fixed-size batch."""
+
+    def __init__(self, model, data_samples):
+        super().__init__()
+        self.model = model
+        self.data_samples = data_samples
+
+    def forward(self, inputs):
+        return self.model._forward(inputs, self.data_samples)
+
+
+@pytest.mark.parametrize('variant', [
+    pytest.param(dict(with_box_refine=False, as_two_stage=False), id='plain',
+                 marks=pytest.mark.slow),
+    pytest.param(dict(with_box_refine=True, as_two_stage=True), id='refine-twostage'),
+])
+def test_exported_deformable_detr_matches_eager(variant):
+    """torch.export of the package's Deformable DETR (tensor forward, 128x128): while exporting,
+    the level sizes reach mmdet's level loops as ints; the program holds the registered op."""
+    from mmdet.registry import MODELS
+    from mmdet.structures import DetDataSample
+    from mmdet.utils import register_all_modules
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[2]
+    cfg = Config.fromfile(str(root / 'configs' / 'demo' /
+                              'deformable-detr-refine-twostage_r18-c32_demo-coco.py'))
+    cfg.model.update(variant, num_queries=30)
+    cfg.model.encoder.num_layers = 1
+    cfg.model.decoder.num_layers = 2
+    register_all_modules(init_default_scope=False)
+    torch.manual_seed(0)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.eval()
+    sample = DetDataSample()
+    sample.set_metainfo(dict(img_shape=(128, 120), batch_input_shape=(128, 128),
+                             pad_shape=(128, 128), ori_shape=(128, 120),
+                             scale_factor=(1.0, 1.0)))
+    wrapper = _TensorForward(model, [sample]).eval()
+    inputs = torch.randn(1, 3, 128, 128)
+    with torch.no_grad():
+        expected = wrapper(inputs)
+        program = torch.export.export(wrapper, (inputs, ))
+        out = program.module()(inputs)
+    targets = {str(n.target) for n in program.graph.nodes if n.op == 'call_function'}
+    assert 'crossformer_mm.ms_deform_attn.default' in targets
+    assert len(out) == len(expected)
+    for a, b in zip(out, expected):
+        assert max_diff(a, b) <= 1e-4
