@@ -473,6 +473,8 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
     static = not isinstance(spatial_shapes, Tensor)
     device = value.device if isinstance(value, Tensor) else None
     native = device is not None and native_kernel_available(device)
+    if deterministic and device is not None:
+        _resolve_deterministic(deterministic, device, native)  # no kernel: fail before anything
     # Level layouts in tensors are checked inside the op when a kernel runs (no sync here, and
     # in compiled graphs too); the fallback reads them here.
     check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations,

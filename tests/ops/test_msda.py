@@ -345,8 +345,8 @@ def test_registered_op_is_used_on_cpu():
         out = ms_deform_attn(*inputs)
         out.sum().backward()
     counts = counter.get_flop_counts()['Global']
-    forward = torch.ops.crossformer_mm.ms_deform_attn.default
-    backward = torch.ops.crossformer_mm.ms_deform_attn_backward.default
+    forward = torch.ops.crossformer_mm.ms_deform_attn
+    backward = torch.ops.crossformer_mm.ms_deform_attn_backward
     b, q, heads, dims, levels, points = 2, 5, 2, 8, 2, 3
     assert counts[forward] == 10 * b * q * heads * dims * levels * points
     assert counts[backward] == 2 * counts[forward]
