@@ -25,7 +25,8 @@ VARIANTS = {
     'deformable-detr-refine-twostage': (DEMO, SMALL_DEFORMABLE),
     'detr': (DETR, ['model.backbone.depth=18', 'model.neck.in_channels=[512]',
                     'model.encoder.num_layers=1', 'model.decoder.num_layers=2',
-                    'model.num_queries=30', 'model.bbox_head.num_classes=5',
+                    'model.num_queries=30', 'model.test_cfg.max_per_img=30',
+                    'model.bbox_head.num_classes=5',
                     'test_dataloader.dataset.pipeline.1.scale=(256,256)']),
 }
 
