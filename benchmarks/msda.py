@@ -18,10 +18,15 @@ the median time of the next ``--repeat`` calls. The floor comes from the cost mo
 FLOPs at the measured fp32 matmul rate and the minimum bytes at the measured copy bandwidth;
 "x floor" is our time over the larger of the two.
 
+``--compile`` times instead the whole ``MSDeformAttn`` module (projections, softmax, sampling
+locations, the op, output projection) eager against ``torch.compile(fullgraph=True)`` (Inductor)
+on each case's shape, forward and forward+backward, in this process (torch only).
+
 Usage::
 
     python benchmarks/msda.py                 # all cases, CPU (+ GPU when present)
     python benchmarks/msda.py --cases small --repeat 5
+    python benchmarks/msda.py --compile --cases encoder small
 """
 import argparse
 import gc
@@ -273,6 +278,55 @@ def bench_device(args, device: str) -> List[str]:
     return lines
 
 
+def compile_vs_eager(args, device: str) -> List[str]:
+    """Median times of the ``MSDeformAttn`` module, eager and compiled (Inductor, fullgraph)."""
+    from crossformer_mm.ops import MSDeformAttn
+    lines = [f'MSDeformAttn module, eager vs torch.compile(fullgraph=True), {device}, '
+             f'{torch.get_num_threads()} threads, float32, median of {args.repeat}',
+             '', '| case | mode | eager | compiled | eager / compiled | compile time |',
+             '|---|---|---|---|---|---|']
+    for case in args.cases:
+        value, shapes, starts, loc, _ = make_inputs(case, device, torch.float32, args.uniform)
+        bs, nq = loc.shape[:2]
+        torch.manual_seed(0)
+        module = MSDeformAttn(EMBED_DIMS, NUM_HEADS, len(CASES[case][0]), NUM_POINTS,
+                              dropout=0.0, batch_first=True).to(device)
+        query = torch.randn(bs, nq, EMBED_DIMS, device=device)
+        feats = torch.randn(bs, value.shape[1], EMBED_DIMS, device=device)
+        ref = loc[:, :, 0, :, 0, :].detach().clamp(0, 1)  # (bs, nq, levels, 2)
+        kwargs = dict(value=feats, reference_points=ref, spatial_shapes=shapes,
+                      level_start_index=starts)
+        compiled = torch.compile(module, fullgraph=True)
+        for mode in MODES:
+            def call(fn):
+                if mode == 'fwd':
+                    with torch.no_grad():
+                        fn(query, **kwargs)
+                else:
+                    module.zero_grad(set_to_none=True)
+                    fn(query, **kwargs).sum().backward()
+                if device == 'cuda':
+                    torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            call(compiled)  # compiles
+            compile_time = time.perf_counter() - t0
+            times = {}
+            for name, fn in (('eager', module), ('compiled', compiled)):
+                call(fn)
+                runs = []
+                for _ in range(args.repeat):
+                    t = time.perf_counter()
+                    call(fn)
+                    runs.append(time.perf_counter() - t)
+                times[name] = statistics.median(runs)
+            lines.append(f'| {case} | {mode} | {fmt_time(times["eager"]).strip()} | '
+                         f'{fmt_time(times["compiled"]).strip()} | '
+                         f'{times["eager"] / times["compiled"]:.2f}x | {compile_time:.1f} s |')
+            print(lines[-1], flush=True)
+    lines.append('load average after: ' + ' '.join(f'{x:.1f}' for x in os.getloadavg()))
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES))
@@ -280,11 +334,17 @@ def main() -> None:
                         help='timed calls after the first (warm-up, memory) call')
     parser.add_argument('--uniform', action='store_true',
                         help='uniform sampling locations instead of reference + offsets')
+    parser.add_argument('--compile', action='store_true',
+                        help='the MSDeformAttn module eager vs torch.compile instead')
     parser.add_argument('--worker', nargs=4, metavar=('CASE', 'IMPL', 'MODE', 'DEVICE'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, repeat=args.repeat, uniform=args.uniform)))
+        return
+    if args.compile:
+        devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
+        print('\n'.join(sum((compile_vs_eager(args, d) + [''] for d in devices), [])))
         return
     report = []
     for device in ('cpu', 'cuda'):

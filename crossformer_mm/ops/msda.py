@@ -3,40 +3,49 @@
 `Deformable DETR: Deformable Transformers for End-to-End Object Detection
 <https://arxiv.org/abs/2010.04159>`_ (Zhu et al., ICLR 2021). Semantics and the module's interface
 follow mmcv 2.1.0's ``mmcv/ops/multi_scale_deform_attn.py`` so that state dicts and configs move
-between the two; the kernels are this package's own.
+between the two; the kernels are this package's own. Only torch is needed (triton for the GPU
+kernel); nothing here imports the OpenMMLab packages.
 
 The op is a triple:
 
-* :func:`ms_deform_attn_pytorch` -- a gather-based pure-PyTorch reference (slow, obviously
-  correct, differentiable by autograd);
-* :class:`MSDeformAttnFunction` -- the autograd ``Function`` over the native kernels: the C++ CPU
-  kernel in ``crossformer_mm._ext`` and the Triton GPU kernel in :mod:`.msda_triton`;
-* :class:`MSDeformAttn` -- a drop-in for ``mmcv.ops.MultiScaleDeformableAttention`` that
-  dispatches by device.
+* :func:`ms_deform_attn_pytorch` (explicit bilinear gathers) and
+  :func:`ms_deform_attn_grid_sample` (one ``F.grid_sample`` per level) -- pure-PyTorch
+  formulations, differentiable by autograd; the second is what ONNX export records;
+* ``torch.ops.crossformer_mm.ms_deform_attn`` -- a registered torch op (``torch.library``) with a
+  CPU kernel (C++, ``crossformer_mm._ext``), a CUDA kernel (Triton, :mod:`.msda_triton`), a fake
+  implementation for ``torch.compile`` / ``torch.export`` and a registered backward
+  (``torch.ops.crossformer_mm.ms_deform_attn_backward``);
+* :class:`MSDeformAttn` -- a drop-in for ``mmcv.ops.MultiScaleDeformableAttention``.
 
 :func:`ms_deform_attn` is the entry point: it validates its arguments (shapes, dtypes, devices,
-level layout) and picks the kernel.
+level layout) and picks the formulation.
 """
 import math
 import warnings
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
-from mmengine.model import BaseModule, constant_init, xavier_init
-from torch.autograd.function import Function, once_differentiable
-
-from ..registry import register_model
+import torch.nn.functional as F
+from torch import Tensor
 
 __all__ = [
-    'MSDeformAttn', 'MSDeformAttnFunction', 'check_ms_deform_attn_inputs', 'ms_deform_attn',
-    'ms_deform_attn_pytorch', 'native_kernel_available', 'replace_mmcv_msda'
+    'MSDA_OP', 'MSDeformAttn', 'SpatialShapes', 'check_ms_deform_attn_inputs', 'ms_deform_attn',
+    'ms_deform_attn_flops', 'ms_deform_attn_grid_sample', 'ms_deform_attn_pytorch',
+    'native_kernel_available', 'replace_mmcv_msda'
 ]
 
 try:
     from .. import _ext as _EXT
 except ImportError:  # built without the native ops (pure-Python install)
     _EXT = None
+
+#: Qualified name of the registered forward op (as it appears in traced graphs).
+MSDA_OP = 'crossformer_mm::ms_deform_attn'
+
+#: Level sizes: an integer ``(num_levels, 2)`` tensor, or a sequence of ``(H, W)`` ints. The
+#: second form is static: ``torch.compile`` and ``torch.export`` never have to read a tensor.
+SpatialShapes = Union[Tensor, Sequence[Tuple[int, int]]]
 
 _WARNED: set = set()
 
@@ -87,24 +96,67 @@ def _check_gpu_index_range(bs: int, num_keys: int, num_heads: int, num_queries: 
                          f'the kernel\'s limit of {_GPU_GRID_MAX}; split the batch')
 
 
-def check_ms_deform_attn_inputs(value: torch.Tensor, spatial_shapes: torch.Tensor,
-                                level_start_index: torch.Tensor,
-                                sampling_locations: torch.Tensor,
-                                attention_weights: torch.Tensor) -> List[Tuple[int, int]]:
-    """Checks the five arguments of :func:`ms_deform_attn` against each other.
+def _static_shapes(spatial_shapes: SpatialShapes) -> List[Tuple[int, int]]:
+    """The level sizes as Python ints (reads the tensor when given one)."""
+    if isinstance(spatial_shapes, Tensor):
+        return [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
+    return [(h, w) for h, w in spatial_shapes]
+
+
+def _check_level_layout(shapes: List[Tuple[int, int]], starts: Optional[List[int]],
+                        num_keys: int) -> List[int]:
+    """Checks that the levels tile ``value``; returns the level start indices."""
+    if any(h <= 0 or w <= 0 for h, w in shapes):
+        raise ValueError(f'ms_deform_attn: spatial_shapes must be positive, got {shapes}')
+    expected_starts = [0]
+    for h, w in shapes[:-1]:
+        expected_starts.append(expected_starts[-1] + h * w)
+    if starts is not None and starts != expected_starts:
+        raise ValueError(f'ms_deform_attn: level_start_index must be {expected_starts} (the '
+                         f'running sum of H*W over spatial_shapes {shapes}), got {starts}')
+    total = expected_starts[-1] + shapes[-1][0] * shapes[-1][1]
+    if total != num_keys:
+        raise ValueError(f'ms_deform_attn: value must have sum(H*W) = {total} keys for '
+                         f'spatial_shapes {shapes}, got {num_keys}')
+    return expected_starts
+
+
+def _check_int_tensor(name: str, t: Tensor) -> None:
+    if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f'ms_deform_attn: {name} must be an integer (int64) tensor, got {t.dtype}')
+
+
+def check_ms_deform_attn_inputs(value: Tensor, spatial_shapes: SpatialShapes,
+                                level_start_index: Optional[Tensor], sampling_locations: Tensor,
+                                attention_weights: Tensor,
+                                check_values: bool = True) -> Optional[List[Tuple[int, int]]]:
+    """Checks the arguments of :func:`ms_deform_attn` against each other.
+
+    Args:
+        check_values: Also check the level layout held in ``spatial_shapes`` /
+            ``level_start_index`` tensors (reads them: a device sync on a GPU, and not allowed
+            while ``torch.compile`` traces). Static shapes are always checked against
+            ``value``.
 
     Returns:
-        The level sizes ``[(H_0, W_0), ...]`` as Python ints.
+        The level sizes ``[(H_0, W_0), ...]`` as Python ints, or None when they are in a tensor
+        that was not read.
 
     Raises:
-        TypeError: an argument is not a tensor or has the wrong dtype.
+        TypeError: an argument is not a tensor (or ``spatial_shapes`` not a sequence of int
+            pairs) or has the wrong dtype.
         ValueError: shapes disagree, the level layout does not tile ``value``, or the tensors are
             on different devices.
     """
-    args = dict(value=value, spatial_shapes=spatial_shapes, level_start_index=level_start_index,
-                sampling_locations=sampling_locations, attention_weights=attention_weights)
+    args = dict(value=value, sampling_locations=sampling_locations,
+                attention_weights=attention_weights)
+    static = not isinstance(spatial_shapes, Tensor)
+    if not static:
+        args['spatial_shapes'] = spatial_shapes
+    if level_start_index is not None or not static:
+        args['level_start_index'] = level_start_index
     for name, t in args.items():
-        if not isinstance(t, torch.Tensor):
+        if not isinstance(t, Tensor):
             raise TypeError(f'ms_deform_attn: {name} must be a torch.Tensor, got {type(t)}')
         if t.layout != torch.strided:
             raise TypeError(f'ms_deform_attn: {name} must be a dense (strided) tensor, got '
@@ -114,10 +166,8 @@ def check_ms_deform_attn_inputs(value: torch.Tensor, spatial_shapes: torch.Tenso
             raise TypeError(f'ms_deform_attn: {name} must be a floating-point tensor (float64, '
                             f'float32, float16 or bfloat16), got {args[name].dtype}')
     for name in ('spatial_shapes', 'level_start_index'):
-        if args[name].is_floating_point() or args[name].is_complex() or \
-                args[name].dtype == torch.bool:
-            raise TypeError(f'ms_deform_attn: {name} must be an integer (int64) tensor, got '
-                            f'{args[name].dtype}')
+        if name in args:
+            _check_int_tensor(name, args[name])
     devices = {name: t.device for name, t in args.items()}
     if len(set(devices.values())) > 1:
         raise ValueError('ms_deform_attn: all arguments must be on the same device, got ' +
@@ -127,13 +177,25 @@ def check_ms_deform_attn_inputs(value: torch.Tensor, spatial_shapes: torch.Tenso
         raise ValueError('ms_deform_attn: value must have shape (bs, num_keys, num_heads, '
                          f'head_dims), got {_shape_str(value.shape)}')
     bs, num_keys, num_heads, _ = value.shape
-    if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-        raise ValueError('ms_deform_attn: spatial_shapes must have shape (num_levels, 2), got '
-                         f'{_shape_str(spatial_shapes.shape)}')
-    num_levels = spatial_shapes.shape[0]
+    if static:
+        try:
+            shapes = [(h, w) for h, w in spatial_shapes]
+        except (TypeError, ValueError):
+            raise TypeError('ms_deform_attn: spatial_shapes must be a (num_levels, 2) integer '
+                            'tensor or a sequence of (H, W) int pairs, got '
+                            f'{spatial_shapes!r}') from None
+        if not all(isinstance(s, (int, torch.SymInt)) for hw in shapes for s in hw):
+            raise TypeError('ms_deform_attn: spatial_shapes must hold (H, W) int pairs, got '
+                            f'{shapes}')
+        num_levels = len(shapes)
+    else:
+        if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
+            raise ValueError('ms_deform_attn: spatial_shapes must have shape (num_levels, 2), '
+                             f'got {_shape_str(spatial_shapes.shape)}')
+        num_levels = spatial_shapes.shape[0]
     if num_levels == 0:
         raise ValueError('ms_deform_attn: spatial_shapes must hold at least one level')
-    if level_start_index.shape != (num_levels, ):
+    if level_start_index is not None and level_start_index.shape != (num_levels, ):
         raise ValueError(f'ms_deform_attn: level_start_index must have shape ({num_levels},) '
                          f'(one entry per level), got {_shape_str(level_start_index.shape)}')
     if sampling_locations.dim() != 6:
@@ -152,39 +214,33 @@ def check_ms_deform_attn_inputs(value: torch.Tensor, spatial_shapes: torch.Tenso
         raise ValueError('ms_deform_attn: attention_weights must have shape (bs, num_queries, '
                          f'num_heads, num_levels, num_points) = {_shape_str(expected)}, got '
                          f'{_shape_str(attention_weights.shape)}')
-
-    shapes = [(int(h), int(w)) for h, w in spatial_shapes.tolist()]
-    starts = [int(s) for s in level_start_index.tolist()]
-    if any(h <= 0 or w <= 0 for h, w in shapes):
-        raise ValueError(f'ms_deform_attn: spatial_shapes must be positive, got {shapes}')
-    expected_starts = [0]
-    for h, w in shapes[:-1]:
-        expected_starts.append(expected_starts[-1] + h * w)
-    if starts != expected_starts:
-        raise ValueError(f'ms_deform_attn: level_start_index must be {expected_starts} (the '
-                         f'running sum of H*W over spatial_shapes {shapes}), got {starts}')
-    total = expected_starts[-1] + shapes[-1][0] * shapes[-1][1]
-    if total != num_keys:
-        raise ValueError(f'ms_deform_attn: value must have sum(H*W) = {total} keys for '
-                         f'spatial_shapes {shapes}, got value of shape {_shape_str(value.shape)}')
     if value.device.type == 'cuda':
         _check_gpu_index_range(bs, num_keys, num_heads, num_queries)
+    if not static:
+        if not check_values:
+            return None
+        shapes = _static_shapes(spatial_shapes)
+    starts = None
+    if level_start_index is not None and check_values:
+        starts = [int(s) for s in level_start_index.tolist()]
+    _check_level_layout(shapes, starts, num_keys)
     return shapes
 
 
 # --------------------------------------------------------------------------------------------
-# Reference
+# Pure-PyTorch formulations
 # --------------------------------------------------------------------------------------------
 
 
-def ms_deform_attn_pytorch(value: torch.Tensor, spatial_shapes: torch.Tensor,
-                           level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
-                           attention_weights: torch.Tensor) -> torch.Tensor:
+def ms_deform_attn_pytorch(value: Tensor, spatial_shapes: SpatialShapes,
+                           level_start_index: Optional[Tensor], sampling_locations: Tensor,
+                           attention_weights: Tensor) -> Tensor:
     """Pure-PyTorch reference of :func:`ms_deform_attn`: explicit bilinear gathers.
 
     For each level and corner it gathers the value rows of the four neighbours of every sampling
     point (pixel = loc * size - 0.5), zeroes corners outside the map, and sums with the bilinear
     and attention weights. Differentiable by autograd; memory grows with bs*nq*heads*P*head_dims.
+    ``level_start_index`` is not read (the levels are laid out by ``spatial_shapes``).
     """
     bs, _, num_heads, head_dims = value.shape
     num_queries, num_points = sampling_locations.shape[1], sampling_locations.shape[4]
@@ -193,9 +249,10 @@ def ms_deform_attn_pytorch(value: torch.Tensor, spatial_shapes: torch.Tensor,
     loc = sampling_locations.to(dtype)
     attn = attention_weights.to(dtype)
     out = v.new_zeros(bs, num_queries, num_heads, head_dims)
-    for level, ((h, w), start) in enumerate(zip(spatial_shapes.tolist(),
-                                                level_start_index.tolist())):
+    start = 0
+    for level, (h, w) in enumerate(_static_shapes(spatial_shapes)):
         v_l = v[:, :, start:start + h * w]
+        start += h * w
         x = loc[:, :, :, level, :, 0] * w - 0.5  # (bs, nq, heads, P)
         y = loc[:, :, :, level, :, 1] * h - 0.5
         # As in the kernels, a point reads nothing unless -1 < x < w and -1 < y < h (NaN fails
@@ -224,8 +281,166 @@ def ms_deform_attn_pytorch(value: torch.Tensor, spatial_shapes: torch.Tensor,
     return out.flatten(2).to(value.dtype)
 
 
+def ms_deform_attn_grid_sample(value: Tensor, spatial_shapes: SpatialShapes,
+                               level_start_index: Optional[Tensor], sampling_locations: Tensor,
+                               attention_weights: Tensor) -> Tensor:
+    """:func:`ms_deform_attn` as one ``F.grid_sample`` per level (bilinear, zero padding,
+    ``align_corners=False``) and a weighted sum: standard ops only, which is what ONNX export
+    records (``GridSample``, opset 16+).
+
+    It materialises the ``(bs·heads, head_dims, num_queries, L·P)`` samples before weighting
+    them, ``L·P`` times the output's size.
+    """
+    bs, _, num_heads, head_dims = value.shape
+    _, num_queries, _, num_levels, num_points, _ = sampling_locations.shape
+    dtype = torch.promote_types(value.dtype, sampling_locations.dtype)
+    shapes = _static_shapes(spatial_shapes)
+    grids = 2 * sampling_locations.to(dtype) - 1
+    samples = []
+    start = 0
+    for level, (h, w) in enumerate(shapes):
+        # (bs, h*w, heads, d) -> (bs*heads, d, h, w)
+        v_l = value[:, start:start + h * w].to(dtype).permute(0, 2, 3, 1).reshape(
+            bs * num_heads, head_dims, h, w)
+        start += h * w
+        # (bs, nq, heads, P, 2) -> (bs*heads, nq, P, 2)
+        grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)
+        samples.append(F.grid_sample(v_l, grid, mode='bilinear', padding_mode='zeros',
+                                     align_corners=False))  # (bs*heads, d, nq, P)
+    weights = attention_weights.to(dtype).transpose(1, 2).reshape(
+        bs * num_heads, 1, num_queries, num_levels * num_points)
+    out = (torch.stack(samples, -2).flatten(-2) * weights).sum(-1)
+    return out.view(bs, num_heads * head_dims, num_queries).transpose(1, 2).to(value.dtype)
+
+
 # --------------------------------------------------------------------------------------------
-# Autograd Function over the native kernels
+# Registered ops over the native kernels
+# --------------------------------------------------------------------------------------------
+
+
+def _check_kernel_levels(value: Tensor, spatial_shapes: Tensor,
+                         level_start_index: Tensor) -> None:
+    """The kernels index ``value`` with the level layout: check it where the values are read
+    (inside the op, so also in compiled and exported graphs)."""
+    starts = [int(s) for s in level_start_index.tolist()]
+    _check_level_layout(_static_shapes(spatial_shapes), starts, value.shape[1])
+
+
+@torch.library.custom_op(MSDA_OP, mutates_args=(), device_types='cpu')
+def _msda_forward(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                  sampling_locations: Tensor, attention_weights: Tensor,
+                  deterministic: bool) -> Tensor:
+    """Forward kernel. Inputs contiguous; levels int64; locations and weights in the value's
+    opmath dtype (float32, float64 for float64 values). ``deterministic`` is for the backward."""
+    if _EXT is None:
+        raise RuntimeError('crossformer_mm::ms_deform_attn: crossformer_mm._ext is not built '
+                           '(python setup.py build_ext --inplace)')
+    _check_kernel_levels(value, spatial_shapes, level_start_index)
+    return _EXT.ms_deform_attn_forward(value, spatial_shapes, level_start_index,
+                                       sampling_locations, attention_weights)
+
+
+@_msda_forward.register_kernel('cuda')
+def _msda_forward_cuda(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                       sampling_locations: Tensor, attention_weights: Tensor,
+                       deterministic: bool) -> Tensor:
+    from .msda_triton import ms_deform_attn_forward_triton
+    _check_kernel_levels(value, spatial_shapes, level_start_index)
+    return ms_deform_attn_forward_triton(value, spatial_shapes, level_start_index,
+                                         sampling_locations, attention_weights)
+
+
+@_msda_forward.register_fake
+def _msda_forward_fake(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                       sampling_locations: Tensor, attention_weights: Tensor,
+                       deterministic: bool) -> Tensor:
+    bs, _, num_heads, head_dims = value.shape
+    return value.new_empty(bs, sampling_locations.shape[1], num_heads * head_dims)
+
+
+@torch.library.custom_op('crossformer_mm::ms_deform_attn_backward', mutates_args=(),
+                         device_types='cpu')
+def _msda_backward(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                   sampling_locations: Tensor, attention_weights: Tensor, grad_output: Tensor,
+                   deterministic: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """Backward kernel: ``(grad_value, grad_sampling_locations, grad_attention_weights)``. The
+    CPU kernel is deterministic whatever ``deterministic`` says (each thread owns its rows)."""
+    if _EXT is None:
+        raise RuntimeError('crossformer_mm::ms_deform_attn_backward: crossformer_mm._ext is not '
+                           'built (python setup.py build_ext --inplace)')
+    grad_value, grad_loc, grad_attn = _EXT.ms_deform_attn_backward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        grad_output)
+    return grad_value, grad_loc, grad_attn
+
+
+@_msda_backward.register_kernel('cuda')
+def _msda_backward_cuda(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                        sampling_locations: Tensor, attention_weights: Tensor,
+                        grad_output: Tensor, deterministic: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    from .msda_triton import ms_deform_attn_backward_triton
+    return ms_deform_attn_backward_triton(value, spatial_shapes, level_start_index,
+                                          sampling_locations, attention_weights, grad_output,
+                                          deterministic)
+
+
+@_msda_backward.register_fake
+def _msda_backward_fake(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
+                        sampling_locations: Tensor, attention_weights: Tensor,
+                        grad_output: Tensor, deterministic: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    return (torch.empty_like(value), torch.empty_like(sampling_locations),
+            torch.empty_like(attention_weights))
+
+
+def _msda_setup_context(ctx, inputs: tuple, output: Tensor) -> None:
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights, det = inputs
+    ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations,
+                          attention_weights)
+    ctx.deterministic = det
+
+
+def _msda_autograd(ctx, grad_output: Tensor) -> tuple:
+    value, spatial_shapes, level_start_index, sampling_locations, attention_weights = \
+        ctx.saved_tensors
+    grad_value, grad_loc, grad_attn = torch.ops.crossformer_mm.ms_deform_attn_backward(
+        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
+        grad_output.to(value.dtype).contiguous(), ctx.deterministic)
+    return grad_value, None, None, grad_loc, grad_attn, None
+
+
+_msda_forward.register_autograd(_msda_autograd, setup_context=_msda_setup_context)
+
+
+def ms_deform_attn_flops(value_shape: Sequence[int], sampling_locations_shape: Sequence[int],
+                         backward: bool = False) -> int:
+    """FLOPs of the op (the cost model: per query, head channel, level and point, four
+    bilinear-corner multiply-adds and one attention-weight multiply-add, 2 FLOPs each):
+    ``10·B·Q·C·L·P``; the backward does the same work twice (value scatter, and the corner dot
+    products for the location and weight gradients): ``20·B·Q·C·L·P``."""
+    b, _, heads, head_dims = value_shape
+    _, q, _, levels, points, _ = sampling_locations_shape
+    return (20 if backward else 10) * b * q * heads * head_dims * levels * points
+
+
+def _register_flop_formulas() -> None:
+    from torch.utils.flop_counter import register_flop_formula
+
+    @register_flop_formula(torch.ops.crossformer_mm.ms_deform_attn)
+    def _forward_flops(value_shape, shapes_shape, starts_shape, loc_shape, attn_shape,
+                       *args, **kwargs) -> int:
+        return ms_deform_attn_flops(value_shape, loc_shape)
+
+    @register_flop_formula(torch.ops.crossformer_mm.ms_deform_attn_backward)
+    def _backward_flops(value_shape, shapes_shape, starts_shape, loc_shape, *args,
+                        **kwargs) -> int:
+        return ms_deform_attn_flops(value_shape, loc_shape, backward=True)
+
+
+_register_flop_formulas()
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
 # --------------------------------------------------------------------------------------------
 
 
@@ -233,56 +448,41 @@ def _opmath(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-class MSDeformAttnFunction(Function):
-    """Autograd over the native kernels (CPU: C++ extension; CUDA: Triton).
-
-    Expects validated, contiguous inputs: ``spatial_shapes``/``level_start_index`` int64,
-    ``sampling_locations``/``attention_weights`` in the value's opmath dtype (float32 for
-    float16/bfloat16/float32 values, float64 for float64). Use :func:`ms_deform_attn`, which
-    prepares them.
-    """
-
-    @staticmethod
-    def forward(ctx, value: torch.Tensor, spatial_shapes: torch.Tensor,
-                level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
-                attention_weights: torch.Tensor) -> torch.Tensor:
-        args = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-        if value.is_cuda:
-            from .msda_triton import ms_deform_attn_forward_triton
-            output = ms_deform_attn_forward_triton(*args)
-        else:
-            output = _EXT.ms_deform_attn_forward(*args)
-        ctx.save_for_backward(*args)
-        return output
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_output: torch.Tensor) -> tuple:
-        args = ctx.saved_tensors
-        grad_output = grad_output.to(args[0].dtype).contiguous()
-        if args[0].is_cuda:
-            from .msda_triton import ms_deform_attn_backward_triton
-            grad_value, grad_loc, grad_attn = ms_deform_attn_backward_triton(*args, grad_output)
-        else:
-            grad_value, grad_loc, grad_attn = _EXT.ms_deform_attn_backward(*args, grad_output)
-        return grad_value, None, None, grad_loc, grad_attn
+def _resolve_deterministic(deterministic: Optional[bool], device: torch.device,
+                           native: bool) -> bool:
+    if deterministic is None:
+        return torch.are_deterministic_algorithms_enabled()
+    if deterministic and not native:
+        raise RuntimeError(
+            f'ms_deform_attn(deterministic=True): no deterministic kernel for {device.type} '
+            'tensors here (deterministic kernels: the C++ one on the CPU, the Triton one on '
+            'CUDA, which needs the `triton` package); pass deterministic=None to leave '
+            'determinism to torch.use_deterministic_algorithms and the PyTorch fallback')
+    return bool(deterministic)
 
 
-def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
-                   level_start_index: torch.Tensor, sampling_locations: torch.Tensor,
-                   attention_weights: torch.Tensor) -> torch.Tensor:
+def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
+                   level_start_index: Optional[Tensor], sampling_locations: Tensor,
+                   attention_weights: Tensor, deterministic: Optional[bool] = None) -> Tensor:
     """Multi-scale deformable attention with mmcv's semantics.
 
     Args:
         value: ``(bs, num_keys, num_heads, head_dims)``, the levels flattened row-major and
             concatenated along ``num_keys``.
-        spatial_shapes: ``(num_levels, 2)`` integer ``(H, W)`` per level.
-        level_start_index: ``(num_levels,)`` integer, the running sum of ``H*W``.
+        spatial_shapes: ``(H, W)`` per level: a ``(num_levels, 2)`` integer tensor, or a
+            sequence of int pairs (static: ``torch.compile`` / ``torch.export`` need no tensor
+            read to serve the op's fallback or the ONNX formulation).
+        level_start_index: ``(num_levels,)`` integer, the running sum of ``H*W``; may be None
+            with static ``spatial_shapes``.
         sampling_locations: ``(bs, num_queries, num_heads, num_levels, num_points, 2)``
             normalised ``(x, y)``; ``(0, 0)`` is the top-left corner of the map and ``(1, 1)`` the
             bottom-right one. Points outside ``[0, 1]`` read zeros (bilinear, zero padding,
             ``align_corners=False``).
         attention_weights: ``(bs, num_queries, num_heads, num_levels, num_points)``.
+        deterministic: Backward with bit-identical gradients run after run. None (default)
+            follows ``torch.use_deterministic_algorithms``. The CPU kernel is always
+            deterministic; the Triton kernel then sums ``grad_value`` in a fixed order instead of
+            with atomics. True on a device without a native kernel raises.
 
     Returns:
         ``(bs, num_queries, num_heads * head_dims)`` in the dtype of ``value``; differentiable in
@@ -290,32 +490,58 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
 
     Both kernels handle float64/float32/bfloat16/float16 values; sampling locations and weights
     are computed in float32 (float64 for float64 values). Without a native kernel for the device
-    it runs the reference.
+    it runs :func:`ms_deform_attn_pytorch`; during ONNX export it records
+    :func:`ms_deform_attn_grid_sample`.
+
+    Raises:
+        RuntimeError: ``deterministic=True`` without a native kernel, or tensor
+            ``spatial_shapes`` under ``torch.compile`` without a native kernel (the fallback
+            needs the level sizes as ints: pass them as a tuple).
     """
+    if torch.onnx.is_in_onnx_export():
+        check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index,
+                                    sampling_locations, attention_weights, check_values=False)
+        return ms_deform_attn_grid_sample(value, spatial_shapes, level_start_index,
+                                          sampling_locations, attention_weights)
+    compiling = torch.compiler.is_compiling()
+    static = not isinstance(spatial_shapes, Tensor)
+    device = value.device if isinstance(value, Tensor) else None
+    native = device is not None and native_kernel_available(device)
+    if deterministic and device is not None:
+        _resolve_deterministic(deterministic, device, native)  # no kernel: fail before anything
+    # Level layouts in tensors are checked inside the op when a kernel runs (no sync here, and
+    # in compiled graphs too); the fallback reads them here.
     check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations,
-                                attention_weights)
-    device = value.device
-    use_native = False
-    if device.type == 'cpu':
-        use_native = _EXT is not None
-        if not use_native:
+                                attention_weights, check_values=not native and not compiling)
+    det = _resolve_deterministic(deterministic, device, native)
+    if not native:
+        if device.type == 'cpu':
             _warn_once('cpu', 'crossformer_mm._ext is not built: ms_deform_attn runs the slow '
                        'PyTorch reference on the CPU (build with `python setup.py build_ext '
                        '--inplace`)')
-    elif device.type == 'cuda':
-        use_native = native_kernel_available(device)
-        if not use_native:
+        elif device.type == 'cuda':
             _warn_once('cuda', 'ms_deform_attn: triton is not installed: running the PyTorch '
                        'reference on the GPU')
-    if not use_native:
+        if compiling and not static:
+            raise RuntimeError(
+                f'ms_deform_attn: no native kernel for {device.type} tensors, and the PyTorch '
+                'fallback reads the level sizes: under torch.compile / torch.export pass '
+                'spatial_shapes as a tuple of (H, W) ints')
         return ms_deform_attn_pytorch(value, spatial_shapes, level_start_index,
                                       sampling_locations, attention_weights)
+    if static:
+        levels = torch.tensor(spatial_shapes, dtype=torch.int64, device=device).view(-1, 2)
+        if level_start_index is None:
+            areas = [h * w for h, w in spatial_shapes]
+            level_start_index = torch.tensor([sum(areas[:i]) for i in range(len(areas))],
+                                             dtype=torch.int64, device=device)
+        spatial_shapes = levels
     opmath = _opmath(value.dtype)
-    return MSDeformAttnFunction.apply(value.contiguous(),
-                                      spatial_shapes.to(torch.int64).contiguous(),
-                                      level_start_index.to(torch.int64).contiguous(),
-                                      sampling_locations.to(opmath).contiguous(),
-                                      attention_weights.to(opmath).contiguous())
+    return torch.ops.crossformer_mm.ms_deform_attn(
+        value.contiguous(), spatial_shapes.to(torch.int64).contiguous(),
+        level_start_index.to(torch.int64).contiguous(),
+        sampling_locations.to(opmath).contiguous(), attention_weights.to(opmath).contiguous(),
+        det)
 
 
 # --------------------------------------------------------------------------------------------
@@ -323,15 +549,24 @@ def ms_deform_attn(value: torch.Tensor, spatial_shapes: torch.Tensor,
 # --------------------------------------------------------------------------------------------
 
 
-@register_model()
-class MSDeformAttn(BaseModule):
+def _level_normalizer(spatial_shapes: SpatialShapes, like: Tensor) -> Tensor:
+    """``(num_levels, 2)`` reciprocals of ``(W, H)``."""
+    if isinstance(spatial_shapes, Tensor):
+        wh = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]], -1)
+        return wh.to(like.dtype).reciprocal()
+    return torch.tensor([[1.0 / w, 1.0 / h] for h, w in spatial_shapes], dtype=like.dtype,
+                        device=like.device)
+
+
+class MSDeformAttn(nn.Module):
     """Drop-in for ``mmcv.ops.MultiScaleDeformableAttention`` (mmcv 2.1.0) on native kernels.
 
     Same constructor, forward signature, parameter names (``sampling_offsets``,
     ``attention_weights``, ``value_proj``, ``output_proj``) and initialisation as mmcv's module,
     so state dicts load either way. The op runs on the C++ kernel on the CPU and on the Triton
     kernel on CUDA (see :func:`ms_deform_attn`); ``im2col_step`` is accepted for compatibility
-    and unused. Registered as ``MSDeformAttn`` (mmcv owns ``MultiScaleDeformableAttention``).
+    and unused. A plain ``nn.Module`` (only torch needed); the package registers it in the MM
+    model registries as ``MSDeformAttn`` (mmcv owns ``MultiScaleDeformableAttention``).
 
     Args:
         embed_dims: Embedding dimension. Default: 256.
@@ -342,8 +577,11 @@ class MSDeformAttn(BaseModule):
         dropout: Dropout on the output before the residual. Default: 0.1.
         batch_first: Inputs are ``(bs, n, embed_dims)`` instead of ``(n, bs, embed_dims)``.
         norm_cfg: Unused, kept for compatibility. Default: None.
-        init_cfg: mmengine initialisation config. Default: None.
+        init_cfg: Kept for compatibility; like mmcv's module, :meth:`init_weights` applies its
+            own initialisation. Default: None.
         value_proj_ratio: Expansion ratio of ``value_proj``. Default: 1.0.
+        deterministic: Passed to :func:`ms_deform_attn` (None: follow
+            ``torch.use_deterministic_algorithms``). Default: None.
     """
 
     def __init__(self,
@@ -356,8 +594,9 @@ class MSDeformAttn(BaseModule):
                  batch_first: bool = False,
                  norm_cfg: Optional[dict] = None,
                  init_cfg: Optional[dict] = None,
-                 value_proj_ratio: float = 1.0) -> None:
-        super().__init__(init_cfg)
+                 value_proj_ratio: float = 1.0,
+                 deterministic: Optional[bool] = None) -> None:
+        super().__init__()
         for name, n in (('embed_dims', embed_dims), ('num_heads', num_heads),
                         ('num_levels', num_levels), ('num_points', num_points)):
             if not isinstance(n, int) or n <= 0:
@@ -365,6 +604,7 @@ class MSDeformAttn(BaseModule):
         if embed_dims % num_heads != 0:
             raise ValueError(f'embed_dims must be divisible by num_heads, but got {embed_dims} '
                              f'and {num_heads}')
+        self.init_cfg = init_cfg
         self.norm_cfg = norm_cfg
         self.dropout = nn.Dropout(dropout)
         self.batch_first = batch_first
@@ -373,6 +613,7 @@ class MSDeformAttn(BaseModule):
         self.num_levels = num_levels
         self.num_heads = num_heads
         self.num_points = num_points
+        self.deterministic = deterministic
         self.sampling_offsets = nn.Linear(embed_dims, num_heads * num_levels * num_points * 2)
         self.attention_weights = nn.Linear(embed_dims, num_heads * num_levels * num_points)
         value_proj_size = int(embed_dims * value_proj_ratio)
@@ -383,10 +624,15 @@ class MSDeformAttn(BaseModule):
         self.output_proj = nn.Linear(value_proj_size, embed_dims)
         self.init_weights()
 
+    @property
+    def is_init(self) -> bool:
+        """Whether :meth:`init_weights` ran (mmengine's ``BaseModule`` protocol)."""
+        return getattr(self, '_is_init', False)
+
     def init_weights(self) -> None:
         """mmcv's initialisation: offsets on a ring per head (scaled by point index), uniform
         attention, Xavier-uniform projections."""
-        constant_init(self.sampling_offsets, 0.)
+        nn.init.constant_(self.sampling_offsets.weight, 0.)
         device = self.sampling_offsets.weight.device
         thetas = torch.arange(self.num_heads, dtype=torch.float32,
                               device=device) * (2.0 * math.pi / self.num_heads)
@@ -396,22 +642,25 @@ class MSDeformAttn(BaseModule):
         for i in range(self.num_points):
             grid[:, :, i, :] *= i + 1
         self.sampling_offsets.bias.data = grid.view(-1)
-        constant_init(self.attention_weights, val=0., bias=0.)
-        xavier_init(self.value_proj, distribution='uniform', bias=0.)
-        xavier_init(self.output_proj, distribution='uniform', bias=0.)
+        for layer in (self.attention_weights, ):
+            nn.init.constant_(layer.weight, 0.)
+            nn.init.constant_(layer.bias, 0.)
+        for layer in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.constant_(layer.bias, 0.)
         self._is_init = True
 
     def forward(self,
-                query: torch.Tensor,
-                key: Optional[torch.Tensor] = None,
-                value: Optional[torch.Tensor] = None,
-                identity: Optional[torch.Tensor] = None,
-                query_pos: Optional[torch.Tensor] = None,
-                key_padding_mask: Optional[torch.Tensor] = None,
-                reference_points: Optional[torch.Tensor] = None,
-                spatial_shapes: Optional[torch.Tensor] = None,
-                level_start_index: Optional[torch.Tensor] = None,
-                **kwargs) -> torch.Tensor:
+                query: Tensor,
+                key: Optional[Tensor] = None,
+                value: Optional[Tensor] = None,
+                identity: Optional[Tensor] = None,
+                query_pos: Optional[Tensor] = None,
+                key_padding_mask: Optional[Tensor] = None,
+                reference_points: Optional[Tensor] = None,
+                spatial_shapes: Optional[SpatialShapes] = None,
+                level_start_index: Optional[Tensor] = None,
+                **kwargs) -> Tensor:
         """Deformable attention of ``query`` over the multi-level ``value``.
 
         Args:
@@ -424,8 +673,9 @@ class MSDeformAttn(BaseModule):
             key_padding_mask: ``(bs, num_key)`` bool, True at padded keys (zeroed in value).
             reference_points: ``(bs, num_query, num_levels, 2)`` normalised points, or
                 ``(bs, num_query, num_levels, 4)`` boxes ``(cx, cy, w, h)``.
-            spatial_shapes: ``(num_levels, 2)`` ``(H, W)`` per level.
-            level_start_index: ``(num_levels,)`` start of each level in ``value``.
+            spatial_shapes: ``(H, W)`` per level, a ``(num_levels, 2)`` tensor or int pairs.
+            level_start_index: ``(num_levels,)`` start of each level in ``value`` (may be None
+                with int-pair ``spatial_shapes``).
 
         Returns:
             ``(num_query, bs, embed_dims)`` (batch first when ``batch_first``).
@@ -434,9 +684,10 @@ class MSDeformAttn(BaseModule):
             value = query
         if identity is None:
             identity = query
-        if spatial_shapes is None or level_start_index is None or reference_points is None:
+        if spatial_shapes is None or reference_points is None or (
+                level_start_index is None and isinstance(spatial_shapes, Tensor)):
             raise ValueError('MSDeformAttn.forward needs reference_points, spatial_shapes and '
-                             'level_start_index')
+                             '(with spatial_shapes as a tensor) level_start_index')
         self._check_forward_inputs(query, value, reference_points, spatial_shapes,
                                    key_padding_mask)
         if query_pos is not None:
@@ -460,8 +711,7 @@ class MSDeformAttn(BaseModule):
         if reference_points.shape[-1] == 2:
             # ref + offset / (W, H) per level, in one pass (addcmul with the reciprocals): the
             # encoder's offsets are the largest tensor of the layer.
-            inv_normalizer = torch.stack([spatial_shapes[..., 1], spatial_shapes[..., 0]],
-                                         -1).to(sampling_offsets.dtype).reciprocal()
+            inv_normalizer = _level_normalizer(spatial_shapes, sampling_offsets)
             sampling_locations = torch.addcmul(reference_points[:, :, None, :, None, :],
                                                sampling_offsets,
                                                inv_normalizer[None, None, None, :, None, :])
@@ -473,7 +723,7 @@ class MSDeformAttn(BaseModule):
             raise ValueError('reference_points must have last dimension 2 (points) or 4 '
                              f'(boxes), got shape {_shape_str(reference_points.shape)}')
         output = ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations,
-                                attention_weights)
+                                attention_weights, deterministic=self.deterministic)
         output = self.output_proj(output)
         if not self.batch_first:
             output = output.permute(1, 0, 2)
@@ -485,7 +735,9 @@ class MSDeformAttn(BaseModule):
         """Raises an error naming the argument whose shape does not fit the module or the
         others (the op checks the level layout)."""
         args = dict(query=query, value=value, reference_points=reference_points,
-                    spatial_shapes=spatial_shapes, key_padding_mask=key_padding_mask)
+                    key_padding_mask=key_padding_mask)
+        if isinstance(spatial_shapes, torch.Tensor):
+            args['spatial_shapes'] = spatial_shapes
         for name, t in args.items():
             if t is not None and not isinstance(t, torch.Tensor):
                 raise TypeError(f'MSDeformAttn: {name} must be a torch.Tensor, got {type(t)}')
@@ -500,10 +752,12 @@ class MSDeformAttn(BaseModule):
         if value.shape[b] != bs:
             raise ValueError(f'MSDeformAttn: value has batch size {value.shape[b]}, query has '
                              f'{bs} (layout {layout})')
-        if tuple(spatial_shapes.shape) != (self.num_levels, 2):
+        levels_shape = (tuple(spatial_shapes.shape) if isinstance(spatial_shapes, torch.Tensor)
+                        else (len(spatial_shapes), 2))
+        if levels_shape != (self.num_levels, 2):
             raise ValueError(f'MSDeformAttn: spatial_shapes must have shape ({self.num_levels}, '
                              f'2) for num_levels = {self.num_levels}, got '
-                             f'{_shape_str(spatial_shapes.shape)}')
+                             f'{_shape_str(levels_shape)}')
         if reference_points.dim() != 4 or tuple(reference_points.shape[:3]) != (
                 bs, num_query, self.num_levels) or reference_points.shape[-1] not in (2, 4):
             raise ValueError('MSDeformAttn: reference_points must have shape (bs, num_query, '
@@ -535,22 +789,9 @@ class MSDeformAttn(BaseModule):
         return new
 
 
-def replace_mmcv_msda(model: nn.Module) -> int:
-    """Replaces, in place, every mmcv ``MultiScaleDeformableAttention`` inside ``model`` by an
-    :class:`MSDeformAttn` carrying the same weights.
-
-    This is how an mmdet Deformable DETR (whose layers build mmcv's class directly) runs on this
-    package's kernels: build the detector, then call ``replace_mmcv_msda(detector)``; checkpoints
-    keep loading since the parameter names are identical.
-
-    Returns:
-        The number of modules replaced.
-    """
-    from mmcv.ops import MultiScaleDeformableAttention
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if isinstance(child, MultiScaleDeformableAttention):
-                setattr(parent, name, MSDeformAttn.from_mmcv(child))
-                count += 1
-    return count
+def replace_mmcv_msda(model: nn.Module, deterministic: Optional[bool] = None) -> int:
+    """Puts every mmcv ``MultiScaleDeformableAttention`` inside ``model`` on this package's
+    kernels, in place (needs mmcv; see :func:`crossformer_mm.models.msda.replace_mmcv_msda`,
+    which this forwards to). Returns the number of modules switched."""
+    from crossformer_mm.models.msda import replace_mmcv_msda as replace
+    return replace(model, deterministic)

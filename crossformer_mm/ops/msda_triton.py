@@ -3,9 +3,17 @@
 Forward: one program per (block of queries, batch*head, block of channels) accumulates the
 ``num_levels * num_points`` bilinear samples of a ``(BLOCK_Q, BLOCK_D)`` output tile in float32
 (float64 for float64 values). Backward: one program per (block of queries, batch*head) walks the
-channels in ``BLOCK_D`` chunks, reduces the corner dot products for the gradients of the sampling
-locations and attention weights, and scatters into a float32 ``grad_value`` buffer with atomics
-(so the GPU backward is not bit-deterministic, unlike the CPU kernel).
+channels in ``BLOCK_D`` chunks and reduces the corner dot products for the gradients of the sampling
+locations and attention weights. ``grad_value`` is a scatter (many sampling points read the same
+value row), done one of two ways:
+
+* default: ``tl.atomic_add`` into a float32 buffer -- fastest, but the order of the additions, and
+  so the rounding, changes from run to run;
+* deterministic (``deterministic=True``): the backward kernel writes, per sampling-point corner, the
+  destination value row and its coefficient; a stable sort groups the corners by row (ties keep the
+  query order), and a second kernel gives each ``(row, channel block)`` to one program that sums
+  its corners in that fixed order. No atomics: the gradients are bit-identical run after run, at
+  the price of the sort and ``4·B·Q·heads·L·P`` (row, coefficient) pairs of scratch memory.
 
 The kernels run on CUDA tensors, and on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before triton is imported), which is how they are tested without a GPU.
@@ -99,9 +107,10 @@ if triton is not None:
 
     @triton.jit
     def _msda_bwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, grad_out_ptr,
-                         grad_value_ptr, grad_loc_ptr, grad_attn_ptr, S, Q, NH, D,
-                         L: tl.constexpr, P: tl.constexpr, BLOCK_Q: tl.constexpr,
-                         BLOCK_D: tl.constexpr, ACC_FP64: tl.constexpr):
+                         grad_value_ptr, grad_loc_ptr, grad_attn_ptr, rows_ptr, coef_ptr, S, Q,
+                         NH, D, L: tl.constexpr, P: tl.constexpr, BLOCK_Q: tl.constexpr,
+                         BLOCK_D: tl.constexpr, ACC_FP64: tl.constexpr,
+                         DETERMINISTIC: tl.constexpr):
         pid_q = tl.program_id(0)
         pid_bh = tl.program_id(1)
         b = pid_bh // NH
@@ -154,14 +163,31 @@ if triton is not None:
                     d01 += tl.sum(g * v01.to(acc_t), axis=1)
                     d10 += tl.sum(g * v10.to(acc_t), axis=1)
                     d11 += tl.sum(g * v11.to(acc_t), axis=1)
-                    tl.atomic_add(grad_value_ptr + k00[:, None] * row + off,
-                                  (w * w00)[:, None] * g, mask=m00)
-                    tl.atomic_add(grad_value_ptr + k01[:, None] * row + off,
-                                  (w * w01)[:, None] * g, mask=m01)
-                    tl.atomic_add(grad_value_ptr + k10[:, None] * row + off,
-                                  (w * w10)[:, None] * g, mask=m10)
-                    tl.atomic_add(grad_value_ptr + k11[:, None] * row + off,
-                                  (w * w11)[:, None] * g, mask=m11)
+                    if not DETERMINISTIC:
+                        tl.atomic_add(grad_value_ptr + k00[:, None] * row + off,
+                                      (w * w00)[:, None] * g, mask=m00)
+                        tl.atomic_add(grad_value_ptr + k01[:, None] * row + off,
+                                      (w * w01)[:, None] * g, mask=m01)
+                        tl.atomic_add(grad_value_ptr + k10[:, None] * row + off,
+                                      (w * w10)[:, None] * g, mask=m10)
+                        tl.atomic_add(grad_value_ptr + k11[:, None] * row + off,
+                                      (w * w11)[:, None] * g, mask=m11)
+                if DETERMINISTIC:
+                    # Destination row (key * NH + head) and coefficient of each corner; corners
+                    # that read nothing go to the sentinel row B * S * NH, sorted last.
+                    sentinel = (tl.num_programs(1) // NH).to(tl.int64) * S * NH
+                    e = idx * 4
+                    tl.store(rows_ptr + e, tl.where(ok00, k00 * NH + h, sentinel), mask=q_mask)
+                    tl.store(rows_ptr + e + 1, tl.where(ok01, k01 * NH + h, sentinel),
+                             mask=q_mask)
+                    tl.store(rows_ptr + e + 2, tl.where(ok10, k10 * NH + h, sentinel),
+                             mask=q_mask)
+                    tl.store(rows_ptr + e + 3, tl.where(ok11, k11 * NH + h, sentinel),
+                             mask=q_mask)
+                    tl.store(coef_ptr + e, w * w00, mask=q_mask)
+                    tl.store(coef_ptr + e + 1, w * w01, mask=q_mask)
+                    tl.store(coef_ptr + e + 2, w * w10, mask=q_mask)
+                    tl.store(coef_ptr + e + 3, w * w11, mask=q_mask)
                 g_attn = w00 * d00 + w01 * d01 + w10 * d10 + w11 * d11
                 gx = (1.0 - fy) * (d01 - d00) + fy * (d11 - d10)
                 gy = (1.0 - fx) * (d10 - d00) + fx * (d11 - d01)
@@ -171,6 +197,27 @@ if triton is not None:
                 tl.store(grad_attn_ptr + idx, g_attn, mask=q_mask)
                 tl.store(grad_loc_ptr + 2 * idx, gx, mask=q_mask)
                 tl.store(grad_loc_ptr + 2 * idx + 1, gy, mask=q_mask)
+
+    @triton.jit
+    def _msda_bwd_value_kernel(grad_out_ptr, order_ptr, coef_ptr, offsets_ptr, grad_value_ptr,
+                               D, LP: tl.constexpr, BLOCK_D: tl.constexpr,
+                               ACC_FP64: tl.constexpr):
+        """``grad_value`` row ``r`` (= key * NH + head), channel block ``pid(1)``: the sum, in the
+        sorted order, of coefficient * grad_output over the corners that read the row."""
+        r = tl.program_id(0).to(tl.int64)
+        acc_t = tl.float64 if ACC_FP64 else tl.float32
+        ds = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+        dm = ds < D
+        begin = tl.load(offsets_ptr + r)
+        end = tl.load(offsets_ptr + r + 1)
+        acc = tl.zeros((BLOCK_D, ), dtype=acc_t)
+        for j in range(begin, end):
+            e = tl.load(order_ptr + j)
+            c = tl.load(coef_ptr + e).to(acc_t)
+            bqh = e // (4 * LP)  # corners are laid out (b, q, head, level, point, corner)
+            g = tl.load(grad_out_ptr + bqh * D + ds, mask=dm, other=0.0).to(acc_t)
+            acc += c * g
+        tl.store(grad_value_ptr + r * D + ds, acc.to(grad_value_ptr.dtype.element_ty), mask=dm)
 
 
 def _check_triton() -> None:
@@ -189,7 +236,7 @@ def ms_deform_attn_forward_triton(value: torch.Tensor, spatial_shapes: torch.Ten
                                   level_start_index: torch.Tensor,
                                   sampling_locations: torch.Tensor,
                                   attention_weights: torch.Tensor) -> torch.Tensor:
-    """Forward on contiguous, validated inputs (see ``MSDeformAttnFunction``)."""
+    """Forward on contiguous, validated inputs (see ``torch.ops.crossformer_mm.ms_deform_attn``)."""
     _check_triton()
     bs, num_keys, num_heads, head_dims = value.shape
     num_queries, num_levels, num_points = sampling_locations.shape[1], \
@@ -209,21 +256,47 @@ def ms_deform_attn_forward_triton(value: torch.Tensor, spatial_shapes: torch.Ten
 def ms_deform_attn_backward_triton(
         value: torch.Tensor, spatial_shapes: torch.Tensor, level_start_index: torch.Tensor,
         sampling_locations: torch.Tensor, attention_weights: torch.Tensor,
-        grad_output: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward: ``(grad_value, grad_sampling_locations, grad_attention_weights)``."""
+        grad_output: torch.Tensor,
+        deterministic: bool = False) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward: ``(grad_value, grad_sampling_locations, grad_attention_weights)``.
+
+    ``deterministic`` selects the order-fixed ``grad_value`` reduction (no atomics; see the
+    module docstring) instead of the atomic one.
+    """
     _check_triton()
     bs, num_keys, num_heads, head_dims = value.shape
     num_queries, num_levels, num_points = sampling_locations.shape[1], \
         sampling_locations.shape[3], sampling_locations.shape[4]
-    grad_value = torch.zeros(value.shape, dtype=sampling_locations.dtype, device=value.device)
     grad_loc = torch.zeros_like(sampling_locations)
     grad_attn = torch.zeros_like(attention_weights)
-    if grad_output.numel() > 0:
-        block_q, block_d = _blocks(num_queries, head_dims, backward=True)
-        grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
-        _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
-                               attention_weights, grad_output, grad_value, grad_loc, grad_attn,
-                               num_keys, num_queries, num_heads, head_dims, L=num_levels,
-                               P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d,
-                               ACC_FP64=value.dtype == torch.float64)
-    return grad_value.to(value.dtype), grad_loc, grad_attn
+    if deterministic:
+        grad_value = torch.zeros_like(value)
+        corners = sampling_locations.numel() * 2  # 4 corners per (x, y) pair
+        rows = torch.empty(corners, dtype=torch.int64, device=value.device)
+        coef = torch.empty(corners, dtype=sampling_locations.dtype, device=value.device)
+    else:
+        grad_value = torch.zeros(value.shape, dtype=sampling_locations.dtype, device=value.device)
+        rows = coef = grad_value  # unused by the atomic variant
+    if grad_output.numel() == 0:
+        return grad_value.to(value.dtype), grad_loc, grad_attn
+    acc_fp64 = value.dtype == torch.float64
+    block_q, block_d = _blocks(num_queries, head_dims, backward=True)
+    grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
+    _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
+                           attention_weights, grad_output, grad_value, grad_loc, grad_attn, rows,
+                           coef, num_keys, num_queries, num_heads, head_dims, L=num_levels,
+                           P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d, ACC_FP64=acc_fp64,
+                           DETERMINISTIC=deterministic)
+    if not deterministic:
+        return grad_value.to(value.dtype), grad_loc, grad_attn
+    # Group the corners by destination row; the stable sort keeps the (query, level, point,
+    # corner) order inside a row, so the summation order does not depend on the run.
+    num_rows = bs * num_keys * num_heads
+    sorted_rows, order = torch.sort(rows, stable=True)
+    offsets = torch.searchsorted(
+        sorted_rows, torch.arange(num_rows + 1, dtype=torch.int64, device=value.device))
+    block = min(max(triton.next_power_of_2(max(head_dims, 1)), 16), 128)
+    _msda_bwd_value_kernel[(num_rows, triton.cdiv(head_dims, block))](
+        grad_output, order, coef, offsets, grad_value, head_dims, LP=num_levels * num_points,
+        BLOCK_D=block, ACC_FP64=acc_fp64)
+    return grad_value, grad_loc, grad_attn

@@ -1,5 +1,6 @@
 """Runs the Triton MSDA kernels through Triton's interpreter on CPU tensors and compares them with
-the reference (forward and backward). Executed in a subprocess by ``test_msda_triton.py``, since
+the reference (forward, backward with atomics, and the deterministic backward: equal to the
+reference and bit-identical over two runs). Executed in a subprocess by ``test_msda_triton.py``, since
 ``TRITON_INTERPRET`` must be set before triton is imported; exits non-zero on a mismatch."""
 import os
 import sys
@@ -25,6 +26,9 @@ CASES = [
     ('float32', torch.float32, 1e-4, dict(head_dims=32, num_queries=20)),
     ('float16', torch.float16, 5e-3, dict(head_dims=16)),
     ('bfloat16', torch.bfloat16, 3e-2, dict(head_dims=16)),
+    # Many queries over a 3x3 map: every value row sums many contributions.
+    ('float32-crowded', torch.float32, 1e-4,
+     dict(shapes=((3, 3), (1, 2)), head_dims=20, num_queries=60, num_points=4)),
 ]
 
 
@@ -42,15 +46,24 @@ def main() -> int:
                                generator=torch.Generator().manual_seed(1))
         grads = ms_deform_attn_backward_triton(value, shapes, starts, loc, attn,
                                                grad_out.to(dtype).contiguous())
+        det = [ms_deform_attn_backward_triton(value, shapes, starts, loc, attn,
+                                              grad_out.to(dtype).contiguous(), deterministic=True)
+               for _ in range(2)]
         ref_grads = torch.autograd.grad(expected, leaves, grad_out)
-        checks = [('output', out, expected)] + list(
-            zip(('grad_value', 'grad_sampling_locations', 'grad_attention_weights'), grads,
-                ref_grads))
+        names = ('grad_value', 'grad_sampling_locations', 'grad_attention_weights')
+        checks = [('output', out, expected)] + list(zip(names, grads, ref_grads)) + list(
+            zip([f'{n} (deterministic)' for n in names], det[0], ref_grads))
+        for what, a, b in zip(names, det[0], det[1]):
+            same = torch.equal(a, b) and a.dtype == dtype if what == 'grad_value' else \
+                torch.equal(a, b)
+            print(f'{name:28s} {what:24s} deterministic: two runs bit-identical: {same}')
+            if not same:
+                failures.append((name, what + ' not bit-identical'))
         for what, a, b in checks:
             err = (a.double() - b).abs().max().item()
             bound = tol * max(1.0, b.abs().max().item())
             status = 'ok' if err <= bound and a.shape == b.shape else 'FAIL'
-            print(f'{name:28s} {what:24s} max|diff| {err:.3e} (bound {bound:.1e}) {status}')
+            print(f'{name:28s} {what:38s} max|diff| {err:.3e} (bound {bound:.1e}) {status}')
             if status != 'ok':
                 failures.append((name, what))
         if out.dtype != dtype or grads[0].dtype != dtype:
@@ -59,6 +72,10 @@ def main() -> int:
     value, shapes, starts, loc, attn = make_inputs(num_queries=0, dtype=torch.float32)
     if ms_deform_attn_forward_triton(value, shapes, starts, loc, attn).shape != (2, 0, 16):
         failures.append(('zero-queries', 'shape'))
+    grads = ms_deform_attn_backward_triton(value, shapes, starts, loc, attn,
+                                           torch.zeros(2, 0, 16), deterministic=True)
+    if not torch.equal(grads[0], torch.zeros_like(value)):
+        failures.append(('zero-queries', 'deterministic grad_value'))
     print('failures:', failures)
     return 1 if failures else 0
 

@@ -67,8 +67,45 @@ def test_bad_inputs():
         group_attention(qkv, torch.randn(3, 2, 9, 9))  # 3 does not divide 4 groups
     with pytest.raises(ValueError, match='mask of shape'):
         group_attention(qkv, None, torch.randn(1, 1, 9, 8))
-    with pytest.raises(RuntimeError, match='float32 CPU'):
-        group_attention(qkv.double())
+
+
+def test_other_dtypes_run_the_pytorch_formulation():
+    """Without the native kernel (here: float64) the op computes the same function in PyTorch."""
+    qkv = torch.randn(4, 9, 3, 2, 8, dtype=torch.float64)
+    bias = torch.randn(2, 2, 9, 9, dtype=torch.float64)
+    assert not group_attention_available(qkv)
+    torch.testing.assert_close(group_attention(qkv, bias), group_attention_reference(qkv, bias))
+
+
+@pytest.mark.parametrize('mask_rows', [1, 5])
+def test_registered_backward_matches_autograd(mask_rows):
+    """The op's registered backward (closed form) against autograd through the reference, for
+    qkv, a per-group bias and a broadcast mask, in float64 (gradcheck) and through the float32
+    native forward."""
+    torch.manual_seed(0)
+    qkv = torch.randn(4, 5, 3, 2, 4, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(2, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    mask = torch.randn(4, 1, mask_rows, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda *a: group_attention(*a, scale=0.3), (qkv, bias, mask),
+                                    fast_mode=True)
+    leaves = [t.detach().float().requires_grad_() for t in (qkv, bias, mask)]
+    out = group_attention(*leaves)
+    grads = torch.autograd.grad(out.square().sum(), leaves)
+    ref_leaves = [t.detach().requires_grad_() for t in (qkv, bias, mask)]
+    ref = group_attention_reference(*ref_leaves)
+    ref_grads = torch.autograd.grad(ref.square().sum(), ref_leaves)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
+
+
+def test_compiles_without_graph_breaks():
+    torch._dynamo.reset()
+    qkv = torch.randn(6, 7, 3, 2, 8)
+    bias = torch.randn(3, 2, 7, 7)
+    compiled = torch.compile(group_attention, fullgraph=True, backend='aot_eager')
+    torch.testing.assert_close(compiled(qkv, bias, None, 0.25),
+                               group_attention(qkv, bias, None, 0.25))
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize('per_group', [False, True])

@@ -14,8 +14,8 @@ import torch
 from mmcv.ops import MultiScaleDeformableAttention
 from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
-from crossformer_mm.ops import (MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch,
-                                replace_mmcv_msda)
+from crossformer_mm.ops import (MSDeformAttn, ms_deform_attn, ms_deform_attn_grid_sample,
+                                ms_deform_attn_pytorch)
 from crossformer_mm.ops import msda as msda_module
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
@@ -97,9 +97,33 @@ def test_forward_float32_matches_references(case):
 
 
 def test_reference_matches_mmcv_reference():
-    """The gather-based reference and mmcv's grid_sample one agree, points outside included."""
+    """The gather-based reference, the grid_sample formulation and mmcv's grid_sample one
+    agree, points outside included."""
     inputs = make_inputs(dtype=torch.float64, spread=0.5, head_dims=5, num_queries=30)
     assert max_diff(ms_deform_attn_pytorch(*inputs), mmcv_reference(*inputs)) <= 1e-12
+    assert max_diff(ms_deform_attn_grid_sample(*inputs), mmcv_reference(*inputs)) <= 1e-12
+
+
+@pytest.mark.parametrize('case', ['two-levels', 'five-levels', 'outside'])
+def test_static_spatial_shapes_match_tensor_ones(case):
+    value, shapes, starts, loc, attn = make_inputs(dtype=torch.float64, **CASES[case])
+    expected = ms_deform_attn(value, shapes, starts, loc, attn)
+    static = [tuple(hw) for hw in shapes.tolist()]
+    for fn in (ms_deform_attn, ms_deform_attn_pytorch, ms_deform_attn_grid_sample):
+        assert max_diff(fn(value, static, None, loc, attn), expected) <= 1e-12, fn.__name__
+    assert max_diff(ms_deform_attn(value, tuple(static), starts, loc, attn), expected) == 0
+
+
+def test_static_spatial_shapes_are_checked():
+    value, shapes, starts, loc, attn = make_inputs()
+    with pytest.raises(ValueError, match=r'sum\(H\*W\) = 31'):
+        ms_deform_attn(value, [(6, 4), (7, 1)], None, loc, attn)
+    with pytest.raises(ValueError, match='level_start_index must be'):
+        ms_deform_attn(value, [(6, 4), (3, 2)], starts + 1, loc, attn)
+    with pytest.raises(TypeError, match=r'\(H, W\) int pairs'):
+        ms_deform_attn(value, [(6.0, 4), (3, 2)], None, loc, attn)
+    with pytest.raises(TypeError, match='sequence of'):
+        ms_deform_attn(value, 5, None, loc, attn)
 
 
 def test_points_outside_read_zero():
@@ -296,6 +320,9 @@ def test_native_kernel_rejects_out_of_bounds_levels():
     value, shapes, starts, loc, attn = make_inputs()
     with pytest.raises(RuntimeError, match='lies outside value'):
         msda_module._EXT.ms_deform_attn_forward(value, shapes * 2, starts, loc, attn)
+    # The registered op checks the layout before any kernel runs (in compiled graphs too).
+    with pytest.raises(ValueError, match='level_start_index must be'):
+        torch.ops.crossformer_mm.ms_deform_attn(value, shapes * 2, starts, loc, attn, False)
 
 
 def test_fallback_to_reference_warns_once(monkeypatch):
@@ -310,25 +337,39 @@ def test_fallback_to_reference_warns_once(monkeypatch):
     assert max_diff(out, ms_deform_attn_pytorch(*inputs)) <= 1e-12
 
 
-def test_function_is_used_on_cpu(monkeypatch):
-    """On the CPU the op runs the native kernels, forward and backward (not the reference)."""
+def test_registered_op_is_used_on_cpu():
+    from torch.utils.flop_counter import FlopCounterMode
     inputs = make_inputs()
     inputs[0].requires_grad_()
-    native, calls = msda_module._EXT, []
+    with FlopCounterMode(display=False) as counter:
+        out = ms_deform_attn(*inputs)
+        out.sum().backward()
+    counts = counter.get_flop_counts()['Global']
+    forward = torch.ops.crossformer_mm.ms_deform_attn
+    backward = torch.ops.crossformer_mm.ms_deform_attn_backward
+    b, q, heads, dims, levels, points = 2, 5, 2, 8, 2, 3
+    assert counts[forward] == 10 * b * q * heads * dims * levels * points
+    assert counts[backward] == 2 * counts[forward]
+    direct = torch.ops.crossformer_mm.ms_deform_attn(*[t.detach() for t in inputs], False)
+    assert torch.equal(out, direct)
 
-    class Spy:
-        def __getattr__(self, name):
-            def call(*args):
-                calls.append(name)
-                return getattr(native, name)(*args)
-            return call
 
-    monkeypatch.setattr(msda_module, '_EXT', Spy())
-    out = ms_deform_attn(*inputs)
-    assert 'MSDeformAttnFunction' in type(out.grad_fn).__name__
-    out.sum().backward()
-    assert calls == ['ms_deform_attn_forward', 'ms_deform_attn_backward']
-    assert max_diff(out, ms_deform_attn_pytorch(*inputs)) <= 1e-12
+def test_deterministic_flag():
+    """The CPU kernel is deterministic either way; True on a device without a native kernel is
+    an error naming the option, not a silent fallback."""
+    inputs = make_inputs()
+    leaves = [t.clone().requires_grad_() if t.is_floating_point() else t for t in inputs]
+    grads = []
+    for det in (None, True, False):
+        out = ms_deform_attn(*leaves, deterministic=det)
+        grads.append(torch.autograd.grad(out.square().sum(), [leaves[0], leaves[3]]))
+    for g in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(g, grads[0]))
+    meta = [t.to('meta') for t in inputs]
+    with pytest.raises(RuntimeError, match=r'deterministic=True.*meta'):
+        ms_deform_attn(*meta, deterministic=True)
+    module = MSDeformAttn(embed_dims=16, num_heads=2, num_levels=2, deterministic=True)
+    assert module.deterministic is True
 
 
 # ------------------------------------------------------------------------------------------
@@ -406,6 +447,7 @@ def test_module_backward_matches_mmcv():
     theirs = MultiScaleDeformableAttention(**kwargs).double()
     _randomise(theirs)
     ours = MSDeformAttn.from_mmcv(theirs)
+    assert all(a is not b for a, b in zip(ours.parameters(), theirs.parameters()))
     inputs = _module_inputs(num_levels=3, dtype=torch.float64)
     ours(**inputs).square().sum().backward()
     theirs(**inputs).square().sum().backward()
@@ -413,19 +455,16 @@ def test_module_backward_matches_mmcv():
         assert max_diff(a.grad, b.grad) <= 1e-9, name
 
 
-def test_replace_mmcv_msda():
+def test_module_static_spatial_shapes():
     torch.manual_seed(0)
-    kwargs = dict(embed_dims=32, num_heads=4, num_levels=2, num_points=3, dropout=0.0)
-    model = torch.nn.ModuleDict(dict(enc=MultiScaleDeformableAttention(**kwargs),
-                                     dec=torch.nn.ModuleList(
-                                         [MultiScaleDeformableAttention(**kwargs)])))
-    _randomise(model)
+    module = MSDeformAttn(embed_dims=32, num_heads=4, num_levels=2, num_points=3, dropout=0.0)
+    _randomise(module)
     inputs = _module_inputs()
-    expected = model['dec'][0](**inputs)
-    assert replace_mmcv_msda(model) == 2
-    assert isinstance(model['enc'], MSDeformAttn)
-    assert isinstance(model['dec'][0], MSDeformAttn)
-    assert max_diff(model['dec'][0](**inputs), expected) <= 1e-5
+    expected = module(**inputs)
+    static = dict(inputs, spatial_shapes=((6, 5), (3, 3)), level_start_index=None)
+    assert max_diff(module(**static), expected) <= 1e-6
+    with pytest.raises(ValueError, match='level_start_index'):
+        module(**dict(inputs, level_start_index=None))
 
 
 def test_module_registered_without_clashing_with_mmcv():
@@ -492,30 +531,3 @@ def test_cuda_module_matches_mmcv_cuda_kernel():
     with torch.autocast('cuda', dtype=torch.float16):
         out = ours(**inputs)
     assert max_diff(out, theirs(**inputs)) <= 5e-2
-
-
-def test_replace_in_mmdet_deformable_detr_encoder():
-    """The documented way to run mmdet's Deformable DETR on our kernels gives the same output."""
-    from mmdet.models.layers import DeformableDetrTransformerEncoder
-    torch.manual_seed(0)
-    encoder = DeformableDetrTransformerEncoder(
-        num_layers=2,
-        layer_cfg=dict(
-            self_attn_cfg=dict(embed_dims=32, num_heads=4, num_levels=2, num_points=2,
-                               dropout=0.0, batch_first=True),
-            ffn_cfg=dict(embed_dims=32, feedforward_channels=64, ffn_drop=0.0))).eval()
-    _randomise(encoder)
-    inputs = _module_inputs(batch_first=True)
-    kwargs = dict(query=inputs['value'], query_pos=torch.randn_like(inputs['value']),
-                  key_padding_mask=inputs['key_padding_mask'],
-                  spatial_shapes=inputs['spatial_shapes'],
-                  level_start_index=inputs['level_start_index'],
-                  valid_ratios=torch.ones(2, 2, 2))
-    with torch.no_grad():
-        expected = encoder(**kwargs)
-    assert replace_mmcv_msda(encoder) == 2
-    assert all(isinstance(layer.self_attn, MSDeformAttn) for layer in encoder.layers)
-    out = encoder(**kwargs)
-    assert max_diff(out, expected) <= 1e-4
-    out.sum().backward()
-    assert encoder.layers[0].self_attn.sampling_offsets.weight.grad.abs().sum() > 0

@@ -9,12 +9,15 @@ numbers compare with the papers' and MMDetection's ``get_flops``), plus two hand
 * fused attention, ``aten::scaled_dot_product_attention`` (the package's SDPA path):
   ``batch·L·S·(E + Ev)`` multiply-adds for ``q·kᵀ`` and ``attn·v``, the same as the explicit path's
   two matmuls (:func:`crossformer_mm.models.layers.flops.sdpa_flop_jit`);
-* multi-scale deformable attention, the package's ``MSDeformAttnFunction``: per query, head
-  channel, level and point, four bilinear-corner multiply-adds and one attention-weight
-  multiply-add, ``5·B·Q·C·L·P`` (``10·B·Q·C·L·P`` FLOPs counting add and
-  multiply separately). mmcv's CPU fallback (``grid_sample``) is counted by mmengine's own
-  ``grid_sampler`` handle (four corner multiply-adds per output element; its attention-weight
-  product is an elementwise op, which the analyzer never counts).
+* multi-scale deformable attention, the package's registered op ``crossformer_mm::ms_deform_attn``
+  (keyed on the op, so any model that calls it is counted, whatever its Python code): per
+  query, head channel, level and point, four bilinear-corner multiply-adds and one
+  attention-weight multiply-add, ``5·B·Q·C·L·P`` — half of the op's FLOP formula
+  (:func:`crossformer_mm.ops.ms_deform_attn_flops`, ``10·B·Q·C·L·P`` counting add and multiply
+  separately), which is also registered for ``torch.utils.flop_counter.FlopCounterMode``.
+  mmcv's CPU fallback (``grid_sample``) is counted by mmengine's own ``grid_sampler`` handle
+  (four corner multiply-adds per output element; its attention-weight product is an elementwise
+  op, which the analyzer never counts).
 
 Detectors and segmentors run their ``tensor`` mode (``_forward``), as MMDetection's and
 MMSegmentation's tools do: Mask R-CNN-style models count their RoI heads on the RPN's proposals,
@@ -35,8 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:  # run from a source checkout without installing
     sys.path.insert(0, ROOT)
 
-#: Name of the package's MSDA autograd Function in a traced graph.
-MSDA_OP = 'prim::PythonOp.MSDeformAttnFunction'
+from crossformer_mm.ops import MSDA_OP, ms_deform_attn_flops  # noqa: E402
 
 
 def _sizes(value: Any) -> List[int]:
@@ -44,11 +46,10 @@ def _sizes(value: Any) -> List[int]:
 
 
 def msda_flop_jit(inputs: List[Any], outputs: List[Any]) -> int:
-    """Multiply-adds of ``MSDeformAttnFunction``: ``5·B·Q·heads·head_dims·L·P`` for value
-    ``(B, S, heads, head_dims)`` and sampling locations ``(B, Q, heads, L, P, 2)``."""
-    b, _, heads, head_dims = _sizes(inputs[0])
-    _, q, _, levels, points, _ = _sizes(inputs[3])
-    return 5 * b * q * heads * head_dims * levels * points
+    """Multiply-adds of the MSDA op: ``5·B·Q·heads·head_dims·L·P`` for value
+    ``(B, S, heads, head_dims)`` and sampling locations ``(B, Q, heads, L, P, 2)`` (the op's
+    FLOP formula halved: fvcore counts one per multiply-add)."""
+    return ms_deform_attn_flops(_sizes(inputs[0]), _sizes(inputs[3])) // 2
 
 
 def add_op_handles(analyzer: Any) -> Any:

@@ -14,6 +14,7 @@ from mmdet.models.detectors import DeformableDETR
 from mmdet.models.detectors.base_detr import DetectionTransformer
 from mmdet.structures import OptSampleList
 from mmengine.model import xavier_init
+import torch
 from torch import Tensor, nn
 from torch.nn.init import normal_
 
@@ -65,7 +66,13 @@ class CFDeformableDETR(DETRFamilyMixin, DeformableDETR):
         if batch_data_samples is None:
             raise ValueError(f'{type(self).__name__} needs batch_data_samples (for the image '
                              'shapes and the padding masks)')
-        return super().pre_transformer(mlvl_feats, batch_data_samples)
+        encoder_inputs, decoder_inputs = super().pre_transformer(mlvl_feats, batch_data_samples)
+        if torch.compiler.is_compiling():
+            # torch.compile / torch.export: the level sizes as ints (static for a given input
+            # size), so that mmdet's loops over the levels read no tensor.
+            shapes = tuple(tuple(feat.shape[-2:]) for feat in mlvl_feats)
+            encoder_inputs['spatial_shapes'] = decoder_inputs['spatial_shapes'] = shapes
+        return encoder_inputs, decoder_inputs
 
     def pre_decoder(self, memory: Tensor, memory_mask: Tensor,
                     spatial_shapes: Tensor) -> Tuple[Dict, Dict]:
@@ -73,8 +80,8 @@ class CFDeformableDETR(DETRFamilyMixin, DeformableDETR):
             raise ValueError(f'{type(self).__name__}: two-stage selects num_queries='
                              f'{self.num_queries} proposals but the encoder has only '
                              f'{memory.shape[1]} tokens for this input size '
-                             f'(levels {spatial_shapes.tolist()}); use larger images or fewer '
-                             'queries')
+                             f'(levels {[tuple(map(int, hw)) for hw in spatial_shapes]}); use '
+                             'larger images or fewer queries')
         return super().pre_decoder(memory, memory_mask, spatial_shapes)
 
     def get_proposal_pos_embed(self, proposals: Tensor, num_pos_feats: Optional[int] = None,
