@@ -37,10 +37,10 @@ from .window import shifted_window_mask, window_gather_index
 
 __all__ = [
     'Attention', 'build_attn_mask', 'fold_attn_mask', 'mask_value', 'DropPath', 'drop_path',
-    'CrossScaleEmbed', 'CrossScalePatchMerging', 'split_channels', 'Mlp', 'group_partition', 'group_reverse',
-    'pad_amount', 'pad_to_multiple', 'padding_mask_groups', 'to_2tuple', 'window_partition',
-    'window_reverse', 'DynamicPosBias', 'RelativePositionBias', 'relative_offsets',
-    'relative_position_index', 'PatchMerging', 'shifted_window_mask', 'resize_abs_pos_embed',
-    'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias', 'window_gather_index',
-    'SDPA_OP', 'add_sdpa_handle', 'sdpa_flop_jit'
+    'CrossScaleEmbed', 'CrossScalePatchMerging', 'split_channels', 'Mlp', 'group_partition',
+    'group_reverse', 'pad_amount', 'pad_to_multiple', 'padding_mask_groups', 'to_2tuple',
+    'window_partition', 'window_reverse', 'DynamicPosBias', 'RelativePositionBias',
+    'relative_offsets', 'relative_position_index', 'PatchMerging', 'shifted_window_mask',
+    'resize_abs_pos_embed', 'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias',
+    'window_gather_index', 'SDPA_OP', 'add_sdpa_handle', 'sdpa_flop_jit'
 ]
