@@ -108,7 +108,8 @@ def measure(name: str, weights: Optional[str], hw: Tuple[int, int], batch: int,
             backward: bool, iters: int, warmup: int, memory: bool) -> Dict[str, float]:
     """One case in this process: timing (``memory=False``) or the peak memory of one step."""
     import torch
-    model = build(name, weights).train(backward)
+    model = build(name, weights)
+    model.train(backward)  # mmdet's SwinTransformer.train returns None
     x = torch.randn(batch, 3, *hw, generator=torch.Generator().manual_seed(1))
 
     def step() -> None:
