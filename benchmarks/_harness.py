@@ -1,44 +1,126 @@
-"""Timing and memory measurement shared by the backbone benchmarks (run inside one subprocess per
-case, so that the peak RSS belongs to that case alone)."""
+"""The timing and memory harness of every benchmark in this folder.
+
+* :func:`time_fn`: best and median wall time of repeated calls after warm-up calls.
+* :func:`peak_memory`: the peak memory growth of a block of code. On CUDA it is the growth of
+  ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's peak resident set
+  (``VmHWM``, reset to the current RSS through ``/proc/self/clear_refs`` on entry), so that one
+  process can measure several blocks one after the other.
+* :func:`run_case`: runs one case in a fresh Python process and returns the JSON dict it prints
+  last, so that no case inherits another's allocator state, caches or peak.
+
+On the CPU the resident set also holds memory the allocator keeps after tensors are freed. A
+case whose memory matters is therefore measured in its own process started with
+:data:`MEMORY_ENV` (glibc maps every block above 64 KiB on its own and returns it when freed, so
+that the RSS follows the live tensors), and timed in another process with the default allocator
+(mapping every block slows the timed code down).
+"""
+import gc
+import json
 import os
-import resource
+import statistics
+import subprocess
+import sys
 import time
-from typing import Dict
+from contextlib import contextmanager
+from typing import Callable, Dict, Iterator, List, Optional
+
+#: Environment for memory runs on the CPU: the RSS follows the live tensors.
+MEMORY_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536'}
 
 
-def rss_mib() -> float:
-    """Current resident set size of this process, MiB."""
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') / 2 ** 20
+def time_fn(fn: Callable[[], object], iters: int, warmup: int = 1,
+            sync: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+    """Times ``iters`` calls of ``fn`` after ``warmup`` untimed ones.
 
+    Args:
+        fn: The code to time; its result is dropped before the next call.
+        iters: Timed calls (>= 1).
+        warmup: Untimed calls first.
+        sync: Called after each call before the clock stops (``torch.cuda.synchronize`` for
+            GPU code).
 
-def time_backbone(model, x, backward: bool, iters: int, warmup: int) -> Dict[str, float]:
-    """Best and median time of ``iters`` forward (+ backward) passes after ``warmup`` ones.
-
-    Returns images/s of the best pass, the peak RSS of the process and its growth since the
-    input was made (activations and workspace).
+    Returns:
+        ``best_s``, ``median_s`` (seconds) and ``iters``.
     """
-    import torch
-    model.train(backward)
-    base = rss_mib()
-
-    def step() -> None:
-        if backward:
-            outs = model(x)
-            sum(o.float().mean() for o in outs).backward()
-            model.zero_grad(set_to_none=True)
-        else:
-            with torch.no_grad():
-                model(x)
-
+    if iters < 1:
+        raise ValueError(f'iters must be >= 1, got {iters}')
     for _ in range(warmup):
-        step()
-    times = []
+        fn()
+        if sync is not None:
+            sync()
+    times: List[float] = []
     for _ in range(iters):
         t0 = time.perf_counter()
-        step()
+        fn()
+        if sync is not None:
+            sync()
         times.append(time.perf_counter() - t0)
-    best = min(times)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return dict(img_s=x.shape[0] / best, best_s=best, median_s=sorted(times)[len(times) // 2],
-                peak_mib=peak, act_mib=peak - base)
+    return dict(best_s=min(times), median_s=statistics.median(times), iters=iters)
+
+
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` in bytes."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f'{field} not found in /proc/self/status')
+
+
+class MemoryResult:
+    """Result of :func:`peak_memory`: ``peak_mib`` is set when the block ends."""
+
+    def __init__(self, device: str) -> None:
+        self.device = device
+        self.peak_mib = float('nan')
+
+
+@contextmanager
+def peak_memory(device: str = 'cpu') -> Iterator[MemoryResult]:
+    """Measures the peak memory growth (MiB) of the ``with`` block on ``device``.
+
+    Example::
+
+        with peak_memory() as mem:
+            model(x)
+        print(mem.peak_mib)
+    """
+    import torch
+    result = MemoryResult(device)
+    gc.collect()
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')  # VmHWM := VmRSS
+        base = _status_bytes('VmRSS')
+    yield result
+    if device.startswith('cuda'):
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+    else:
+        peak = _status_bytes('VmHWM')
+    result.peak_mib = max(peak - base, 0) / 2 ** 20
+
+
+def run_case(argv: List[str], env: Optional[Dict[str, str]] = None,
+             cwd: Optional[str] = None) -> Optional[dict]:
+    """Runs ``python argv...`` in a fresh process; returns the last JSON line it prints.
+
+    ``env`` entries are added to this process's environment. On failure the last line of the
+    child's stderr is printed and None returned.
+    """
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.run([sys.executable] + argv, capture_output=True, text=True, cwd=cwd,
+                          env=full_env)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
+    if proc.returncode != 0 or not lines:
+        err = (proc.stderr.strip().splitlines() or ['?'])[-1]
+        print(f'  {" ".join(argv[1:])}: failed ({err})', file=sys.stderr)
+        return None
+    return json.loads(lines[-1])
+
+
+__all__ = ['MEMORY_ENV', 'time_fn', 'peak_memory', 'run_case']

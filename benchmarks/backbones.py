@@ -1,32 +1,32 @@
-"""Speed and memory of the package's backbones against a plain implementation and upstream.
+"""Speed and memory of the package's backbones against their explicit path and upstream.
 
-Three families, each a list of (model, input, pass) cases on the CPU:
+Three families, each a list of (ours, reference) comparisons on the CPU:
 
-* ``crossformer``: CrossFormer-T/S as shipped (``fused``: the fast path — chunked inference,
-  native group attention / SDPA, oneDNN dense layers) against ``plain``, the same model and
-  weights computed the plain way (``set_fused_attn(False)``: explicit
-  ``softmax(q·kᵀ·scale + bias + mask)·v`` and ``F.linear`` on whole tensors), and against
-  MMDetection's ``SwinTransformer`` (Swin-T) for scale.
+* ``crossformer``: CrossFormer-T/S as built by default (``fused_attn=True``: SDPA) against the
+  same model and weights with ``set_fused_attn(False)`` (explicit
+  ``softmax(q·kᵀ·scale + bias + mask)·v``), and CrossFormer-S against MMDetection's
+  ``SwinTransformer`` (Swin-T) for scale.
 * ``swin``: ``CFSwinTransformer`` (Swin-T) against MMDetection 3.3.0's ``SwinTransformer`` with
   the same weights (upstream built with seed 0, its state dict converted and loaded into ours).
 * ``vit``: ``CFVisionTransformer`` (ViT-B/16) against MMSegmentation 1.x's ``VisionTransformer``
   with the same weights; 1024² is the dense-prediction case (all patch tokens, position
   embedding resized from the 14×14 grid).
 
-Inputs: 224² batch 8 and 800×1216 batch 1 (ViT: 1024² batch 1), forward and forward+backward
-(ViT 1024²: forward only unless ``--vit-dense-backward``).
+Inputs: 224² batch 8 and, with ``--large``, 800×1216 batch 1 (ViT: 1024² batch 1); forward and
+forward+backward (``--no-backward``: forward only).
 
-Every case runs in its own subprocess; the two implementations of a comparison alternate
-``--rounds`` times and the best of each is kept (steadier on a shared machine). Timing runs use
-the default allocator. Memory: "peak MiB" is the process's peak RSS above its RSS once the model
-and input exist; with ``--exact-memory`` it comes from an extra one-step run per case with
-``MALLOC_MMAP_THRESHOLD_=65536``, so that the RSS follows the live tensors rather than what
-the allocator keeps cached (that run is not timed: mapping every buffer distorts timings).
+``--code`` takes one or more checkouts of this package (default: this one); our models are built
+from each, so that two versions are compared in one run (e.g. a worktree of an older commit,
+with its native extension built). Every measurement runs in its own process
+(``_harness.run_case``); the models of a comparison alternate ``--rounds`` times and the best of
+each is kept. Timings: ``_harness.time_fn`` with the default allocator. Memory: the peak growth
+during one step after a warm-up step (``_harness.peak_memory``), in a separate untimed process
+started with ``_harness.MEMORY_ENV`` (``--no-memory`` skips it).
 
 Usage:
-    python benchmarks/backbones.py                          # every family (slow on 2 cores)
     python benchmarks/backbones.py --quick                  # smoke run, small shapes
-    python benchmarks/backbones.py --families swin --rounds 3 --exact-memory --threads 2
+    python benchmarks/backbones.py --threads 2 --no-backward
+    python benchmarks/backbones.py --families swin --code . /tmp/older-checkout --rounds 2
 
 Random weights; CPU only. Compare within one run.
 """
@@ -38,7 +38,7 @@ import sys
 import tempfile
 from typing import Dict, List, Optional, Tuple
 
-from _harness import time_backbone
+from _harness import MEMORY_ENV, peak_memory, run_case, time_fn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
@@ -46,11 +46,12 @@ SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), wind
 VIT_B = dict(img_size=224, patch_size=16, embed_dims=768, num_layers=12, num_heads=12,
              out_indices=(3, 5, 7, 11), with_cls_token=True, final_norm=True)
 FAMILIES = ('crossformer', 'swin', 'vit')
+UPSTREAM = ('swin-t-mmdet', 'vit-mmseg')
 # comparisons: family -> list of (ours, reference) model names
 PAIRS = {
-    'crossformer': [('crossformer-t-fused', 'crossformer-t-plain'),
-                    ('crossformer-s-fused', 'crossformer-s-plain'),
-                    ('crossformer-s-fused', 'swin-t-mmdet')],
+    'crossformer': [('crossformer-t', 'crossformer-t-explicit'),
+                    ('crossformer-s', 'crossformer-s-explicit'),
+                    ('crossformer-s', 'swin-t-mmdet')],
     'swin': [('swin-ours', 'swin-t-mmdet')],
     'vit': [('vit-ours', 'vit-mmseg')],
 }
@@ -61,9 +62,9 @@ def build(name: str, weights: Optional[str]):
     import torch
     if name.startswith('crossformer'):
         from crossformer_mm.models.backbones.crossformer import CrossFormer
-        _, size, path = name.split('-')
+        size = name.split('-')[1]
         model = CrossFormer({'t': 'tiny', 's': 'small'}[size], drop_path_rate=0.0)
-        model.set_fused_attn(path == 'fused')  # plain: explicit attention, whole-tensor F.linear
+        model.set_fused_attn(not name.endswith('-explicit'))
         return model
     sd = torch.load(weights, map_location='cpu', weights_only=True) if weights else None
     if name == 'swin-t-mmdet':
@@ -103,86 +104,109 @@ def save_upstream_weights(family: str, path: str) -> None:
     torch.save(model.state_dict(), path)
 
 
-def run_case(name: str, weights: Optional[str], hw: Tuple[int, int], batch: int,
-             backward: bool, iters: int, warmup: int) -> Dict[str, float]:
+def measure(name: str, weights: Optional[str], hw: Tuple[int, int], batch: int,
+            backward: bool, iters: int, warmup: int, memory: bool) -> Dict[str, float]:
+    """One case in this process: timing (``memory=False``) or the peak memory of one step."""
     import torch
     model = build(name, weights)
+    model.train(backward)  # mmdet's SwinTransformer.train returns None
     x = torch.randn(batch, 3, *hw, generator=torch.Generator().manual_seed(1))
-    return time_backbone(model, x, backward, iters, warmup)
+
+    def step() -> None:
+        if backward:
+            outs = model(x)
+            sum(o.float().mean() for o in outs).backward()
+            model.zero_grad(set_to_none=True)
+        else:
+            with torch.no_grad():
+                model(x)
+
+    if memory:
+        step()
+        with peak_memory() as mem:
+            step()
+        return dict(peak_mib=mem.peak_mib)
+    t = time_fn(step, iters, warmup)
+    return dict(img_s=batch / t['best_s'], **t)
 
 
-def spawn(name: str, weights: Optional[str], hw: Tuple[int, int], batch: int, backward: bool,
-          iters: int, warmup: int, threads: int, exact_memory: bool = False) -> Optional[dict]:
-    cmd = [sys.executable, os.path.abspath(__file__), '--case', name, '--hw', str(hw[0]),
-           str(hw[1]), '--batch', str(batch), '--iters', str(iters), '--warmup', str(warmup),
-           '--threads', str(threads)]
-    cmd += ['--weights', weights] if weights else []
-    cmd += ['--backward'] if backward else []
-    env = dict(os.environ)
-    if exact_memory:  # every large tensor mmapped and unmapped: RSS follows live tensors
-        env['MALLOC_MMAP_THRESHOLD_'] = '65536'
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith('{')]
-    if proc.returncode != 0 or not lines:
-        err = (proc.stderr.strip().splitlines() or ['?'])[-1]
-        print(f'  {name} {hw} b{batch}: failed ({err})', file=sys.stderr)
-        return None
-    return json.loads(lines[-1])
+def spawn(code: str, name: str, weights: Optional[str], hw: Tuple[int, int], batch: int,
+          backward: bool, iters: int, warmup: int, threads: int,
+          memory: bool = False) -> Optional[dict]:
+    argv = [os.path.abspath(__file__), '--case', name, '--code', code, '--hw', str(hw[0]),
+            str(hw[1]), '--batch', str(batch), '--iters', str(iters), '--warmup', str(warmup),
+            '--threads', str(threads)]
+    argv += ['--weights', weights] if weights else []
+    argv += ['--backward'] if backward else []
+    argv += ['--memory'] if memory else []
+    return run_case(argv, env=MEMORY_ENV if memory else None, cwd=code)
 
 
-def plans(family: str, quick: bool, vit_dense_backward: bool):
-    """(input, batch, passes) of a family."""
+def code_label(code: str) -> str:
+    """Short commit of a checkout (``+`` when it has uncommitted changes)."""
+    try:
+        rev = subprocess.run(['git', '-C', code, 'rev-parse', '--short', 'HEAD'],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', '-C', code, 'status', '--porcelain', '--',
+                                'crossformer_mm'], capture_output=True, text=True).stdout.strip()
+        return rev + ('+' if dirty else '')
+    except (OSError, subprocess.CalledProcessError):
+        return os.path.basename(os.path.abspath(code))
+
+
+def plans(family: str, quick: bool, large: bool):
+    """(input, batch) cases of a family."""
     if quick:
-        return [((97, 131), 2, (False, True))]
-    if family == 'vit':
-        return [((224, 224), 8, (False, True)),
-                ((1024, 1024), 1, (False, True) if vit_dense_backward else (False, ))]
-    return [((224, 224), 8, (False, True)), ((800, 1216), 1, (False, True))]
+        return [((97, 131), 2)]
+    cases = [((224, 224), 8)]
+    if large:
+        cases.append(((1024, 1024), 1) if family == 'vit' else ((800, 1216), 1))
+    return cases
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--families', nargs='+', default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument('--code', nargs='+', default=[REPO],
+                        help='checkouts of this package whose models are measured')
     parser.add_argument('--quick', action='store_true', help='small shapes, 1 timed iteration')
-    parser.add_argument('--iters', type=int, default=3, help='timed iterations (small inputs)')
-    parser.add_argument('--large-iters', type=int, default=2,
-                        help='timed iterations for the 800×1216 / 1024² inputs')
+    parser.add_argument('--large', action='store_true',
+                        help='also 800×1216 b1 (ViT: 1024² b1)')
+    parser.add_argument('--iters', type=int, default=3, help='timed iterations')
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--rounds', type=int, default=1,
-                        help='alternate the two implementations this many times (separate '
-                        'processes) and keep the best of each')
+                        help='alternate the models this many times (separate processes) and '
+                        'keep the best of each')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     parser.add_argument('--no-backward', action='store_true', help='forward only')
-    parser.add_argument('--vit-dense-backward', action='store_true',
-                        help='also run ViT-B 1024² forward+backward (slow, large upstream)')
-    parser.add_argument('--exact-memory', action='store_true',
-                        help='memory columns from an extra untimed run per case with '
-                        'MALLOC_MMAP_THRESHOLD_=65536 (peak RSS follows the live tensors)')
+    parser.add_argument('--no-memory', action='store_true', help='skip the memory runs')
     parser.add_argument('--case', help=argparse.SUPPRESS)
     parser.add_argument('--weights', help=argparse.SUPPRESS)
     parser.add_argument('--hw', type=int, nargs=2, help=argparse.SUPPRESS)
     parser.add_argument('--batch', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--backward', action='store_true', help=argparse.SUPPRESS)
+    parser.add_argument('--memory', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
+    codes = [os.path.abspath(c) for c in args.code]
+    sys.path.insert(0, codes[0])
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.case:  # child process: one case
-        import crossformer_mm  # noqa: F401  (compat layer, registration)
-        print(json.dumps(run_case(args.case, args.weights, tuple(args.hw), args.batch,
-                                  args.backward, args.iters, args.warmup)))
+        import crossformer_mm  # noqa: F401  (registration)
+        print(json.dumps(measure(args.case, args.weights, tuple(args.hw), args.batch,
+                                 args.backward, args.iters, args.warmup, args.memory)))
         return 0
     if args.quick:
-        args.iters = args.large_iters = 1
+        args.iters = 1
+    labels = {c: code_label(c) for c in codes}
     print(f'torch {torch.__version__}, {os.cpu_count()} CPUs, threads '
           f'{args.threads or torch.get_num_threads()}, warmup {args.warmup}, best of '
-          f'{args.iters} (224²) / {args.large_iters} (large) timed iterations x {args.rounds} '
-          f'round(s), memory {"exact (separate run)" if args.exact_memory else "from timing run"}'
-          f', load average {os.getloadavg()[0]:.1f}')
-    print('| ours | reference | input | pass | ours img/s | reference img/s | speed-up | '
+          f'{args.iters} timed iterations x {args.rounds} round(s), code '
+          f'{", ".join(labels.values())}, load average {os.getloadavg()[0]:.1f}')
+    print('| code | ours | reference | input | pass | ours img/s | reference img/s | speed-up | '
           'peak MiB ours | peak MiB reference |')
-    print('|' + '---|' * 9)
+    print('|' + '---|' * 10)
     with tempfile.TemporaryDirectory() as tmp:
         for fam in args.families:
             weights = None
@@ -190,33 +214,33 @@ def main(argv: Optional[List[str]] = None) -> int:
                 weights = os.path.join(tmp, f'{"vit" if fam == "vit" else "swin"}.pth')
                 if not os.path.exists(weights):
                     save_upstream_weights('vit' if fam == 'vit' else 'swin', weights)
-            for hw, batch, passes in plans(fam, args.quick, args.vit_dense_backward):
-                large = hw[0] * hw[1] * batch > 224 * 224 * 8
-                iters = args.large_iters if large else args.iters
-                for backward in passes:
-                    if backward and args.no_backward:
-                        continue
-                    best: Dict[str, dict] = {}
-                    names = sorted({n for pair in PAIRS[fam] for n in pair})
+            names = sorted({n for pair in PAIRS[fam] for n in pair})
+            # (code, name) runs: upstream models once, ours from every checkout
+            runs = [(codes[0] if n in UPSTREAM else c, n) for n in names
+                    for c in (codes[:1] if n in UPSTREAM else codes)]
+            for hw, batch in plans(fam, args.quick, args.large):
+                for backward in (False, ) if args.no_backward else (False, True):
+                    best: Dict[Tuple[str, str], dict] = {}
                     for _ in range(args.rounds):  # alternate, keep the best of each
-                        for name in names:
-                            r = spawn(name, weights, hw, batch, backward, iters, args.warmup,
-                                      args.threads)
-                            if r and (name not in best or r['img_s'] > best[name]['img_s']):
-                                best[name] = r
-                    if args.exact_memory:
-                        for name in list(best):
-                            r = spawn(name, weights, hw, batch, backward, 1, 0, args.threads,
-                                      exact_memory=True)
-                            best[name]['act_mib'] = r['act_mib'] if r else float('nan')
-                    for ours, ref in PAIRS[fam]:
-                        if ours not in best or ref not in best:
-                            continue
-                        o, r = best[ours], best[ref]
-                        print(f'| {ours} | {ref} | {hw[0]}×{hw[1]} b{batch} | '
-                              f'{"fwd+bwd" if backward else "fwd"} | {o["img_s"]:.3f} | '
-                              f'{r["img_s"]:.3f} | {o["img_s"] / r["img_s"]:.2f}× | '
-                              f'{o["act_mib"]:.0f} | {r["act_mib"]:.0f} |', flush=True)
+                        for run in runs:
+                            r = spawn(*run, weights, hw, batch, backward, args.iters,
+                                      args.warmup, args.threads)
+                            if r and (run not in best or r['img_s'] > best[run]['img_s']):
+                                best[run] = r
+                    for run in list(best):
+                        r = None if args.no_memory else spawn(
+                            *run, weights, hw, batch, backward, 1, 0, args.threads, memory=True)
+                        best[run]['peak_mib'] = r['peak_mib'] if r else float('nan')
+                    for code in codes:
+                        for ours, ref in PAIRS[fam]:
+                            o = best.get((code, ours))
+                            r = best.get((code if ref not in UPSTREAM else codes[0], ref))
+                            if o is None or r is None:
+                                continue
+                            print(f'| {labels[code]} | {ours} | {ref} | {hw[0]}×{hw[1]} b{batch}'
+                                  f' | {"fwd+bwd" if backward else "fwd"} | {o["img_s"]:.3f} | '
+                                  f'{r["img_s"]:.3f} | {o["img_s"] / r["img_s"]:.2f}× | '
+                                  f'{o["peak_mib"]:.0f} | {r["peak_mib"]:.0f} |', flush=True)
     return 0
 
 

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...compat.checkpoint import CheckpointLoadError, load_local_checkpoint
-from ..layers import Attention, Mlp
+from ..layers import Attention
 
 
 class ShapeSpec(NamedTuple):
@@ -207,14 +207,12 @@ class BackboneBase(BaseModule):
                     m.eval()
         return self
 
-    def set_fused_attn(self, fused: bool) -> None:
-        """Switch every attention and MLP between the fast path (True) and the plain path
-        (False: explicit softmax attention, whole-tensor ``F.linear`` layers)."""
+    def set_fused_attn(self, fused_attn: bool) -> None:
+        """Set ``fused_attn`` of every attention: ``F.scaled_dot_product_attention`` (True) or
+        the explicit softmax (False)."""
         for m in self.modules():
             if isinstance(m, Attention):
-                m.fused = fused
-            elif isinstance(m, Mlp):
-                m.fast = fused
+                m.fused_attn = fused_attn
 
     def forward_head(self, feats: Union[Tensor, Sequence[Tensor]]) -> Tensor:
         """Logits of a hierarchical backbone from its last stage map (``forward``'s last output):

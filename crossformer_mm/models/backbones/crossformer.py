@@ -95,7 +95,7 @@ class CrossFormerAttention(Attention):
         num_heads: Heads.
         dpb_residual: Residual form of the DPB MLP.
         **attn_args: Forwarded to :class:`~crossformer_mm.models.layers.Attention`
-            (``qkv_bias``, ``qk_scale``, ``attn_drop``, ``proj_drop``, ``fused``).
+            (``qkv_bias``, ``qk_scale``, ``attn_drop``, ``proj_drop``, ``fused_attn``).
     """
 
     def __init__(self, dim: int, num_heads: int, dpb_residual: bool = False,
@@ -128,8 +128,8 @@ class CrossFormerBlock(nn.Module):
         dpb_residual: Residual DPB.
         use_acl: Adaptive cooling layer: the block output is replaced by
             ``LayerNorm(depthwise3x3(x))`` (``ex_conv``, ``ex_ln``), no skip.
-        fused_attn: Fast attention path (True; see :class:`~crossformer_mm.models.layers.Attention`)
-            or the plain explicit softmax path (False).
+        fused_attn: ``F.scaled_dot_product_attention`` (True) or the explicit softmax (False);
+            see :class:`~crossformer_mm.models.layers.Attention`.
         norm_layer: Norm class.
         act_layer: MLP activation class.
     """
@@ -151,7 +151,8 @@ class CrossFormerBlock(nn.Module):
         self.norm1 = norm_layer(dim)
         self.attn = CrossFormerAttention(dim, num_heads, dpb_residual=dpb_residual,
                                          qkv_bias=qkv_bias, qk_scale=qk_scale,
-                                         attn_drop=attn_drop, proj_drop=drop, fused=fused_attn)
+                                         attn_drop=attn_drop, proj_drop=drop,
+                                         fused_attn=fused_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
@@ -283,9 +284,8 @@ class CrossFormer(BackboneBase):
             default ``num_classes > 0``.
         num_classes: > 0 adds the official ``head`` Linear, used by :meth:`forward_head`.
         with_cp: Gradient checkpointing of the blocks.
-        fused_attn: Fast attention path (True: native kernel / SDPA, chunked inference; see
-            :class:`~crossformer_mm.models.layers.Attention`) or the plain explicit softmax path
-            (False).
+        fused_attn: ``F.scaled_dot_product_attention`` (True) or the explicit softmax (False)
+            in every attention; see :class:`~crossformer_mm.models.layers.Attention`.
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads a
             (converted or official) checkpoint with :meth:`load_pretrained` (``prefix``
             optional).

@@ -55,7 +55,7 @@ class WindowAttention(Attention):
         num_heads: Heads.
         window_size: Window side ``W``.
         **attn_args: Forwarded to :class:`~crossformer_mm.models.layers.Attention`
-            (``qkv_bias``, ``qk_scale``, ``attn_drop``, ``proj_drop``, ``fused``).
+            (``qkv_bias``, ``qk_scale``, ``attn_drop``, ``proj_drop``, ``fused_attn``).
     """
 
     def __init__(self, dim: int, num_heads: int, window_size: int, **attn_args: Any) -> None:
@@ -82,8 +82,8 @@ class SwinBlock(nn.Module):
         drop: Dropout after proj and in the MLP.
         attn_drop: Attention dropout.
         drop_path: Stochastic depth rate.
-        fused_attn: Fast attention path (True; see :class:`~crossformer_mm.models.layers.Attention`)
-            or the plain explicit softmax path (False).
+        fused_attn: ``F.scaled_dot_product_attention`` (True) or the explicit softmax (False);
+            see :class:`~crossformer_mm.models.layers.Attention`.
         norm_layer: Norm class.
         act_layer: MLP activation class.
     """
@@ -99,7 +99,7 @@ class SwinBlock(nn.Module):
         self.norm1 = norm_layer(dim)
         self.attn = WindowAttention(dim, num_heads, window_size, qkv_bias=qkv_bias,
                                     qk_scale=qk_scale, attn_drop=attn_drop, proj_drop=drop,
-                                    fused=fused_attn)
+                                    fused_attn=fused_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
@@ -186,9 +186,8 @@ class CFSwinTransformer(BackboneBase):
         norm_eval: Keep BatchNorm layers (if a custom norm uses them) in eval mode in training.
         num_classes: > 0 adds a ``head`` Linear used by :meth:`forward_head`.
         with_cp: Gradient checkpointing of the blocks.
-        fused_attn: Fast attention path (True: native kernel / SDPA, chunked inference; see
-            :class:`~crossformer_mm.models.layers.Attention`) or the plain explicit softmax path
-            (False).
+        fused_attn: ``F.scaled_dot_product_attention`` (True) or the explicit softmax (False)
+            in every attention; see :class:`~crossformer_mm.models.layers.Attention`.
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads an
             official, timm, MMDetection/MMPretrain or converted checkpoint with
             :meth:`load_pretrained` (``prefix`` optional).

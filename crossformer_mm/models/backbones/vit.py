@@ -91,8 +91,8 @@ class ViTBlock(nn.Module):
         drop_path: Stochastic depth rate.
         window_size: 0 for global attention, else the window side.
         rel_pos_size: Grid of the relative-position tables, or None.
-        fused_attn: Fast attention path (True; see :class:`~crossformer_mm.models.layers.Attention`)
-            or the plain explicit softmax path (False).
+        fused_attn: ``F.scaled_dot_product_attention`` (True) or the explicit softmax (False);
+            see :class:`~crossformer_mm.models.layers.Attention`.
         norm_layer: Norm class.
         act_layer: MLP activation class.
     """
@@ -106,7 +106,7 @@ class ViTBlock(nn.Module):
         self.window_size = window_size
         self.norm1 = norm_layer(dim)
         self.attn = ViTAttention(dim, num_heads, rel_pos_size, qkv_bias=qkv_bias,
-                                 attn_drop=attn_drop, proj_drop=drop, fused=fused_attn)
+                                 attn_drop=attn_drop, proj_drop=drop, fused_attn=fused_attn)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
         self.norm2 = norm_layer(dim)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=drop)
@@ -223,9 +223,8 @@ class CFVisionTransformer(BackboneBase):
         frozen_stages: Freeze the embeddings (0) and blocks ``< frozen_stages``; -1: nothing.
         norm_eval: Keep BatchNorm layers (if any) in eval mode in training.
         with_cp: Gradient checkpointing of the blocks.
-        fused_attn: Fast attention path (True: native kernel / SDPA, chunked inference; see
-            :class:`~crossformer_mm.models.layers.Attention`) or the plain explicit softmax path
-            (False).
+        fused_attn: ``F.scaled_dot_product_attention`` (True) or the explicit softmax (False)
+            in every attention; see :class:`~crossformer_mm.models.layers.Attention`.
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads a
             timm / DeiT / MAE / MMSegmentation / MMPretrain / converted checkpoint with
             :meth:`load_pretrained` (``prefix`` optional).

@@ -2,10 +2,11 @@
 
 Stable API (used by CrossFormer, Swin and ViT):
 
-* :class:`Attention` — ``qkv``/``proj`` multi-head attention over token groups with a ``fused``
-  switch (SDPA with bias and masks folded into ``attn_mask``, or explicit softmax); takes an
-  additive ``attn_bias`` ``(heads, N, N)`` / ``(n, heads, N, N)``, a per-group ``attn_mask``
-  ``(n, N, N)`` and a ``key_padding_mask`` ``(n, N)``; :func:`build_attn_mask` folds them.
+* :class:`Attention` — ``qkv``/``proj`` multi-head attention over token groups with a
+  ``fused_attn`` switch (SDPA with bias and masks folded into ``attn_mask``, or explicit softmax);
+  takes an additive ``attn_bias`` ``(heads, N, N)`` / ``(n, heads, N, N)``, a per-group
+  ``attn_mask`` ``(n, N, N)`` and a ``key_padding_mask`` ``(n, N)``; :func:`fold_attn_mask`
+  (through :func:`build_attn_mask`) folds them.
 * :class:`DynamicPosBias` (CrossFormer DPB), :class:`RelativePositionBias` (Swin table),
   :func:`relative_position_index`, :func:`relative_offsets` (cached per group size).
 * :class:`CrossScaleEmbed` (multi- or single-kernel patch embedding, pads to the stride),
@@ -17,16 +18,13 @@ Stable API (used by CrossFormer, Swin and ViT):
   DETR's masks); they become one additive float mask with :func:`mask_value`, a large finite
   negative (so that a fully masked row gives a uniform softmax, not NaN).
 * :class:`Mlp`, :class:`DropPath`, :func:`drop_path`, :func:`to_2tuple`.
-* :func:`set_inference_chunk_bytes` / :func:`inference_chunk_bytes`: the slice budget of chunked
-  inference in :class:`Attention` (fused path) and :class:`Mlp` (0 turns it off).
 * :func:`add_sdpa_handle` / :func:`sdpa_flop_jit`: count fused attention in mmengine's FlopAnalyzer.
 * :class:`PatchMerging` (Swin: space-to-depth, norm over 4C, linear), :func:`shifted_window_mask`
   (Swin's shifted windows), :func:`resize_abs_pos_embed`,
   :func:`resize_rel_pos_bias_table`,
   :func:`get_rel_pos` / :func:`decomposed_rel_pos_bias` (ViTDet).
 """
-from .attention import Attention, build_attn_mask, mask_value
-from .chunking import get_inference_chunk_bytes, inference_chunk_bytes, set_inference_chunk_bytes
+from .attention import Attention, build_attn_mask, fold_attn_mask, mask_value
 from .drop import DropPath, drop_path
 from .embed import CrossScaleEmbed, CrossScalePatchMerging, split_channels
 from .flops import SDPA_OP, add_sdpa_handle, sdpa_flop_jit
@@ -41,12 +39,11 @@ from .pos_embed import (decomposed_rel_pos_bias, get_rel_pos, resize_abs_pos_emb
 from .window import shifted_window_mask
 
 __all__ = [
-    'Attention', 'build_attn_mask', 'mask_value', 'DropPath', 'drop_path', 'CrossScaleEmbed',
-    'CrossScalePatchMerging', 'split_channels', 'Mlp', 'group_partition', 'group_reverse',
-    'pad_amount', 'pad_to_multiple', 'padding_mask_groups', 'to_2tuple', 'window_partition',
-    'window_reverse', 'DynamicPosBias', 'RelativePositionBias', 'relative_offsets',
-    'relative_position_index', 'PatchMerging', 'shifted_window_mask', 'resize_abs_pos_embed',
-    'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias',
-    'SDPA_OP', 'add_sdpa_handle', 'sdpa_flop_jit', 'get_inference_chunk_bytes',
-    'inference_chunk_bytes', 'set_inference_chunk_bytes'
+    'Attention', 'build_attn_mask', 'fold_attn_mask', 'mask_value', 'DropPath', 'drop_path',
+    'CrossScaleEmbed', 'CrossScalePatchMerging', 'split_channels', 'Mlp', 'group_partition',
+    'group_reverse', 'pad_amount', 'pad_to_multiple', 'padding_mask_groups', 'to_2tuple',
+    'window_partition', 'window_reverse', 'DynamicPosBias', 'RelativePositionBias',
+    'relative_offsets', 'relative_position_index', 'PatchMerging', 'shifted_window_mask',
+    'resize_abs_pos_embed', 'resize_rel_pos_bias_table', 'get_rel_pos', 'decomposed_rel_pos_bias',
+    'SDPA_OP', 'add_sdpa_handle', 'sdpa_flop_jit'
 ]

@@ -143,7 +143,7 @@ def test_block_matches_naive_grouping(lda, lda_mode, hw, G, I):
     expected = x + naive_block_attention(block, x)
     expected = expected + block.mlp(block.norm2(expected))
     for fused in (True, False):
-        block.attn.fused = fused
+        block.attn.fused_attn = fused
         torch.testing.assert_close(block(x), expected, atol=1e-10, rtol=0)
 
 

@@ -41,7 +41,7 @@ def test_get_rel_pos_interpolates() -> None:
 @pytest.mark.parametrize('fused', [True, False])
 def test_attention_bias_from_q(fused: bool) -> None:
     torch.manual_seed(0)
-    attn = Attention(16, 2, fused=fused).eval()
+    attn = Attention(16, 2, fused_attn=fused).eval()
     x = torch.randn(2, 6, 16)
     rh, rw = torch.randn(3, 8), torch.randn(5, 8)
 
@@ -67,7 +67,7 @@ def test_attention_bias_from_q_with_group_mask() -> None:
     mask[:, torch.arange(4), torch.arange(4)] = False
     extra = torch.randn(8, 2, 4, 4)
     out = attn(groups, attn_bias=bias, attn_mask=mask, bias_from_q=lambda q: extra)
-    attn.fused = False
+    attn.fused_attn = False
     full = bias + extra.view(2, 4, 2, 4, 4) + torch.where(mask, -1e9, 0.0)[None, :, None]
     ref = attn(groups, bias_from_q=lambda q: full.reshape(8, 2, 4, 4))
     assert torch.allclose(out, ref, atol=1e-5)
