@@ -40,7 +40,8 @@ def test_custom_imports_registers_everywhere(tmp_path):
         f'Config.fromfile({str(cfg_file)!r})\n'
         'assert "crossformer_mm" in sys.modules\n'
         'for registry in (DET, SEG, PRE):\n'
-        '    assert registry.get("CrossFormer").__module__.startswith("crossformer_mm."), registry\n'
+        '    cls = registry.get("CrossFormer")\n'
+        '    assert cls.__module__.startswith("crossformer_mm."), registry\n'
         'for name in names[1:]:\n'
         '    assert DET.get(name).__module__.startswith("crossformer_mm."), name\n'
         'print("ok")')

@@ -11,9 +11,10 @@ toolbox's own inferencer runs the model, shows its progress bar and draws with i
 ``--out-dir``:
 
 * ``vis/``: each image with its predictions drawn (same file name; ``.png`` for classifiers);
-* ``preds/<image stem>.json``: detectors — boxes (x1, y1, x2, y2), labels, scores and, for instance
-  segmentation, RLE masks (MMDetection's format); segmentors — the classes present with their pixel
-  counts, plus the label map as ``preds/<image stem>.png``; classifiers — label, class and scores.
+* ``preds/<image stem>.json``: detectors — boxes (x1, y1, x2, y2), labels, scores and, for
+  instance segmentation, RLE masks (MMDetection's format); segmentors — the classes present with
+  their pixel counts, plus the label map as ``preds/<image stem>.png``; classifiers — label,
+  class and scores.
 
 Class names come from the checkpoint's ``meta.dataset_meta`` (the Runner saves it), else from the
 config's test dataset.

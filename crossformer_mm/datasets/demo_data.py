@@ -12,9 +12,10 @@ MMSegmentation / MMPretrain data pipelines:
   "other", ignored with ``reduce_zero_label=True``), so mmseg's ``ADE20KDataset`` reads it with a
   ``metainfo`` that names a subset of ADE20K's classes (:data:`ADE_CLASSES`).
 * **demo_cls** — ImageNet-style classification: one shape per image (the five demo shapes, random
-  colour, size, rotation and position; ``num_train`` / ``num_val`` images *per class*), stored as ``{train,val}/<class>/*.jpg`` folders plus
-  ``meta/{train,val}.txt`` annotation files (``<class>/<file> <label>`` lines) and ``classes.txt``,
-  so mmpretrain's ``CustomDataset`` reads it either way. Classes are in alphabetical order
+  colour, size, rotation and position; ``num_train`` / ``num_val`` images *per class*), stored as
+  ``{train,val}/<class>/*.jpg`` folders plus ``meta/{train,val}.txt`` annotation files
+  (``<class>/<file> <label>`` lines) and ``classes.txt``, so mmpretrain's ``CustomDataset`` reads
+  it either way. Classes are in alphabetical order
   (:data:`CLS_CLASSES`), the order folder mode infers; both splits are balanced.
 
 Everything is drawn with OpenCV from a seeded numpy generator: the same arguments give the same

@@ -13,8 +13,8 @@ For each ``configs/**/*.py`` (``_base_`` folders excluded):
 
 Then one training step and one test step with evaluation on a tiny copy of the demo data
 (128x128, batch 1, 2 for training segmentors; the config's model and recipe kept, its dataset
-swapped for the demo one and the class count set to the demo's): a representative subset by default, every config
-with ``-m slow``.
+swapped for the demo one and the class count set to the demo's): a representative subset by
+default, every config with ``-m slow``.
 """
 import copy
 import functools

@@ -135,7 +135,8 @@ def test_cls_layout_and_labels(demo):
             labels.append(int(label))
         # balanced: num_train / num_val images of every class
         assert np.bincount(labels, minlength=len(CLS_CLASSES)).tolist() == [per_class] * 5
-        files = sorted(p.relative_to(root / split).as_posix() for p in (root / split).rglob('*.jpg'))
+        files = sorted(p.relative_to(root / split).as_posix()
+                       for p in (root / split).rglob('*.jpg'))
         assert files == sorted(line.split()[0] for line in lines)
 
 

@@ -27,7 +27,8 @@ CLS_CONFIG = ROOT / 'configs' / 'demo' / 'crossformer-demo_1xb32-30e_demo-cls-64
 #: A shipped Mask R-CNN config with a small backbone and a 128 px test pipeline.
 INS_CONFIG = """_base_ = '{root}/configs/mask_rcnn/mask-rcnn_crossformer-t_fpn_1x_coco.py'
 model = dict(
-    backbone=dict(arch=dict(_delete_=True, embed_dim=32, depths=(1, 1, 2, 1), num_heads=(1, 2, 4, 8)),
+    backbone=dict(arch=dict(_delete_=True, embed_dim=32, depths=(1, 1, 2, 1),
+                            num_heads=(1, 2, 4, 8)),
                   init_cfg=None),
     neck=dict(in_channels=[32, 64, 128, 256]),
     roi_head=dict(bbox_head=dict(num_classes=5), mask_head=dict(num_classes=5)),
