@@ -1,15 +1,16 @@
-"""Generate the embedded demo datasets (COCO-format shapes and ADE20K-format scenes).
+"""Generate the embedded demo datasets (COCO-format shapes, ADE20K-format scenes and an
+ImageNet-style shape classification set).
 
     python tools/make_demo_data.py [--out data] [--num-train 400] [--num-val 100] [--size 256]
-                                   [--seed 0] [--only coco|ade] [--force]
+                                   [--seed 0] [--only coco|ade|cls] [--force]
 
-Writes ``OUT/demo_coco`` and ``OUT/demo_ade``. Deterministic for given arguments; a dataset already
+Writes ``OUT/demo_coco``, ``OUT/demo_ade`` and ``OUT/demo_cls``. Deterministic for given arguments; a dataset already
 generated with the same arguments is left alone unless ``--force``.
 """
 import argparse
 import time
 
-from crossformer_mm.datasets.demo_data import make_demo_data
+from crossformer_mm.datasets.demo_data import DEMO_DATASETS, make_demo_data
 
 
 def main() -> None:
@@ -19,11 +20,11 @@ def main() -> None:
     parser.add_argument('--num-val', type=int, default=100, help='validation images per dataset')
     parser.add_argument('--size', type=int, default=256, help='image side in pixels')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--only', choices=['coco', 'ade'], help='generate only one dataset')
+    parser.add_argument('--only', choices=DEMO_DATASETS, help='generate only one dataset')
     parser.add_argument('--force', action='store_true', help='regenerate even if up to date')
     args = parser.parse_args()
     start = time.time()
-    which = (args.only, ) if args.only else ('coco', 'ade')
+    which = (args.only, ) if args.only else DEMO_DATASETS
     result = make_demo_data(args.out, args.num_train, args.num_val, args.size, args.seed,
                             args.force, which)
     for name, counts in result.items():

@@ -1,10 +1,11 @@
-"""Test (and evaluate) a detector or a segmentor from a checkpoint.
+"""Test (and evaluate) a detector, a segmentor or a classifier from a checkpoint.
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out FILE] [--show-dir DIR] [--tta]
     bash tools/dist_test.sh CONFIG CHECKPOINT NUM_PROCS [args...]
 
-One entry for both tasks: the config's ``default_scope`` (``mmdet`` or ``mmseg``) decides how
-``--out``, ``--show-dir`` and ``--tta`` are applied, following each toolbox's own ``tools/test.py``.
+One entry for every task: the config's ``default_scope`` (``mmdet``, ``mmseg`` or ``mmpretrain``)
+decides how ``--out``, ``--show-dir`` and ``--tta`` are applied, following each toolbox's own
+``tools/test.py``.
 """
 import argparse
 import os
@@ -20,17 +21,18 @@ from crossformer_mm.utils.config import ConfigError, check_checkpoint_path
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Test (and evaluate) a detector or segmentor')
+    parser = argparse.ArgumentParser(
+        description='Test (and evaluate) a detector, segmentor or classifier')
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file')
     parser.add_argument('--work-dir', help='the dir to save the evaluation metrics')
     parser.add_argument(
-        '--out', help='detection: dump predictions to this .pkl file; segmentation: write '
-        'prediction maps into this folder')
+        '--out', help='detection / classification: dump predictions to this .pkl file; '
+        'segmentation: write prediction maps into this folder')
     parser.add_argument('--show', action='store_true', help='show prediction results')
     parser.add_argument(
         '--show-dir', help='save painted predictions into this folder (relative to the '
-        'timestamped folder in the work dir)')
+        'timestamped folder in the work dir; for classifiers, to the work dir)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
     parser.add_argument('--tta', action='store_true', help='test-time augmentation')
     parser.add_argument(
@@ -50,13 +52,19 @@ def enable_visualization(cfg, args: argparse.Namespace, scope: str) -> None:
     if 'visualization' not in hooks:
         raise ConfigError('--show/--show-dir need a `visualization` entry in default_hooks')
     hook = hooks['visualization']
-    hook['draw'] = True
+    # mmpretrain's VisualizationHook is switched by `enable`, draws every `interval`-th sample
+    # (default 5000) and saves into `out_dir`
+    hook['enable' if scope == 'mmpretrain' else 'draw'] = True
+    if scope == 'mmpretrain':
+        hook['interval'] = 1
     if args.show:
         hook['show'] = True
         hook['wait_time'] = args.wait_time
     if args.show_dir:
         if scope == 'mmseg':
             cfg.visualizer['save_dir'] = args.show_dir
+        elif scope == 'mmpretrain':
+            hook['out_dir'] = osp.join(cfg.work_dir, args.show_dir)
         else:
             hook['test_out_dir'] = args.show_dir
 
@@ -88,9 +96,10 @@ def main() -> None:
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.launcher,
                          data_keys=('test_dataloader',))
     scope = cfg.get('default_scope', 'mmdet')
-    if scope not in ('mmdet', 'mmseg'):
-        raise ConfigError(f'tools/test.py handles detection (mmdet) and segmentation (mmseg) '
-                          f'configs; this config has default_scope={scope!r}')
+    if scope not in ('mmdet', 'mmseg', 'mmpretrain'):
+        raise ConfigError(f'tools/test.py handles detection (mmdet), segmentation (mmseg) and '
+                          f'classification (mmpretrain) configs; this config has '
+                          f'default_scope={scope!r}')
     cfg.load_from = args.checkpoint
     if args.show or args.show_dir:
         enable_visualization(cfg, args, scope)
@@ -108,11 +117,14 @@ def main() -> None:
         cfg.test_evaluator['keep_results'] = True
 
     runner = build_runner(cfg)
-    if args.out is not None and scope == 'mmdet':
+    if args.out is not None and scope in ('mmdet', 'mmpretrain'):
         if not args.out.endswith(('.pkl', '.pickle')):
             raise ConfigError(f'--out must name a .pkl file, got {args.out!r}')
-        from mmdet.evaluation import DumpDetResults
-        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+        if scope == 'mmdet':
+            from mmdet.evaluation import DumpDetResults as DumpResults
+        else:
+            from mmengine.evaluator import DumpResults
+        runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     metrics = runner.test()
     if metrics is not None and runner.rank == 0:
         print('metrics: ' + ', '.join(f'{k}={v}' for k, v in metrics.items()

@@ -1,9 +1,9 @@
-"""Train a detector or a segmentor (MMDetection / MMSegmentation command-line interface).
+"""Train a detector, a segmentor or a classifier (the MM command-line interface).
 
     python tools/train.py CONFIG [--work-dir DIR] [--resume [CKPT]] [--amp] [--cfg-options k=v ...]
     bash tools/dist_train.sh CONFIG NUM_PROCS [args...]
 
-The config's ``default_scope`` (``mmdet`` or ``mmseg``) selects the task; importing
+The config's ``default_scope`` (``mmdet``, ``mmseg`` or ``mmpretrain``) selects the task; importing
 ``crossformer_mm`` registers the package's modules and applies its compatibility layer.
 """
 import argparse
@@ -18,7 +18,7 @@ from crossformer_mm.utils.config import check_checkpoint_path
 
 
 def parse_args() -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description='Train a detector or a segmentor')
+    parser = argparse.ArgumentParser(description='Train a detector, segmentor or classifier')
     parser.add_argument('config', help='train config file path')
     parser.add_argument('--work-dir', help='the dir to save logs and models')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision training')

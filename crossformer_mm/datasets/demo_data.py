@@ -1,7 +1,7 @@
 """Deterministic generator of the embedded demo datasets.
 
-Two small datasets that train on a laptop CPU and exercise the real MMDetection / MMSegmentation
-data pipelines:
+Three small datasets that train on a laptop CPU and exercise the real MMDetection /
+MMSegmentation / MMPretrain data pipelines:
 
 * **demo_coco** — COCO-format instance segmentation: five shape categories (circle, square,
   triangle, star, cross) that differ by *shape* (every object gets a random colour from a shared
@@ -11,6 +11,12 @@ data pipelines:
   ``annotations/{training,validation}/*.png`` whose pixel values are ADE20K class indices (0 =
   "other", ignored with ``reduce_zero_label=True``), so mmseg's ``ADE20KDataset`` reads it with a
   ``metainfo`` that names a subset of ADE20K's classes (:data:`ADE_CLASSES`).
+* **demo_cls** — ImageNet-style classification: one shape per image (the five demo shapes, random
+  colour, size, rotation and position; ``num_train`` / ``num_val`` images *per class*), stored as
+  ``{train,val}/<class>/*.jpg`` folders plus ``meta/{train,val}.txt`` annotation files
+  (``<class>/<file> <label>`` lines) and ``classes.txt``, so mmpretrain's ``CustomDataset`` reads
+  it either way. Classes are in alphabetical order
+  (:data:`CLS_CLASSES`), the order folder mode infers; both splits are balanced.
 
 Everything is drawn with OpenCV from a seeded numpy generator: the same arguments give the same
 bytes. ``tools/make_demo_data.py`` is the command-line entry.
@@ -27,6 +33,9 @@ import numpy as np
 
 #: Detection categories, in COCO category-id order (ids start at 1).
 COCO_CLASSES: Tuple[str, ...] = ('circle', 'square', 'triangle', 'star', 'cross')
+
+#: Classification classes, alphabetical (the order mmpretrain infers from the class folders).
+CLS_CLASSES: Tuple[str, ...] = tuple(sorted(COCO_CLASSES))
 
 #: Semantic classes of the ADE-format demo: (ADE20K class name, its 1-based ADE20K index).
 #: Background regions are 'wall' and 'floor'; the shapes are mapped to ADE20K object classes.
@@ -233,6 +242,43 @@ def make_demo_ade(root: str, spec: DemoSpec) -> Dict[str, int]:
     return counts
 
 
+def make_demo_cls(root: str, spec: DemoSpec) -> Dict[str, int]:
+    """Write the ImageNet-style classification demo dataset under ``root``; returns image counts.
+
+    ``spec.num_train`` / ``spec.num_val`` are counts *per class* (a classifier needs more images
+    than a detector, which sees several objects per image). Image ``i`` of a split shows one shape
+    of class ``CLS_CLASSES[i % 5]`` whose diameter is 35-85% of the image side, on the gradient
+    background of the detection images.
+    """
+    rng = np.random.default_rng(spec.seed + 2)
+    size = spec.size
+    counts = {}
+    os.makedirs(osp.join(root, 'meta'), exist_ok=True)
+    with open(osp.join(root, 'classes.txt'), 'w') as f:
+        f.write('\n'.join(CLS_CLASSES) + '\n')
+    for split, per_class in (('train', spec.num_train), ('val', spec.num_val)):
+        count = per_class * len(CLS_CLASSES)
+        for kind in CLS_CLASSES:
+            os.makedirs(osp.join(root, split, kind), exist_ok=True)
+        lines = []
+        for i in range(count):
+            label = i % len(CLS_CLASSES)
+            kind = CLS_CLASSES[label]
+            radius = rng.uniform(0.35, 0.85) * size / 2
+            cx, cy = rng.uniform(radius, size - radius, size=2)
+            mask = shape_mask(kind, size, cx, cy, radius, rng.uniform(0, 2 * math.pi), size)
+            color = PALETTE[rng.integers(len(PALETTE))]
+            img = _render(rng, size, [(kind, mask, color)])
+            name = f'{kind}/{split}_{i:05d}.jpg'
+            cv2.imwrite(osp.join(root, split, name), img[..., ::-1],
+                        [cv2.IMWRITE_JPEG_QUALITY, 95])
+            lines.append(f'{name} {label}\n')
+        with open(osp.join(root, 'meta', f'{split}.txt'), 'w') as f:
+            f.writelines(lines)
+        counts[f'{split}_images'] = count
+    return counts
+
+
 def _up_to_date(root: str, spec: DemoSpec) -> bool:
     try:
         with open(osp.join(root, 'meta.json')) as f:
@@ -241,21 +287,27 @@ def _up_to_date(root: str, spec: DemoSpec) -> bool:
         return False
 
 
+#: The datasets :func:`make_demo_data` can write, as ``out/demo_<name>``.
+DEMO_DATASETS: Tuple[str, ...] = ('coco', 'ade', 'cls')
+
+
 def make_demo_data(out: str = 'data', num_train: int = 400, num_val: int = 100,
                    size: int = 256, seed: int = 0, force: bool = False,
-                   which: Sequence[str] = ('coco', 'ade')) -> Dict[str, Dict[str, int]]:
-    """Generate ``out/demo_coco`` and/or ``out/demo_ade``; skips a dataset already generated with
-    the same parameters unless ``force``. Returns per-dataset counts (empty for skipped ones)."""
+                   which: Sequence[str] = DEMO_DATASETS) -> Dict[str, Dict[str, int]]:
+    """Generate ``out/demo_<name>`` for each name in ``which`` (``coco``, ``ade``, ``cls``); skips a
+    dataset already generated with the same parameters unless ``force``. Returns per-dataset
+    counts (empty for skipped ones)."""
     if num_train < 1 or num_val < 1:
         raise ValueError(f'num_train and num_val must be >= 1, got {num_train} and {num_val}')
     if size < 64:
         raise ValueError(f'size must be >= 64 pixels, got {size}')
-    unknown = set(which) - {'coco', 'ade'}
+    unknown = set(which) - set(DEMO_DATASETS)
     if unknown:
-        raise ValueError(f'unknown dataset(s) {sorted(unknown)}; expected "coco" and/or "ade"')
+        raise ValueError(f'unknown dataset(s) {sorted(unknown)} in `which`; expected a subset of '
+                         f'{DEMO_DATASETS}')
     spec = DemoSpec(num_train, num_val, size, seed)
     result: Dict[str, Dict[str, int]] = {}
-    makers = {'coco': make_demo_coco, 'ade': make_demo_ade}
+    makers = {'coco': make_demo_coco, 'ade': make_demo_ade, 'cls': make_demo_cls}
     for name in which:
         root = osp.join(out, f'demo_{name}')
         if not force and _up_to_date(root, spec):

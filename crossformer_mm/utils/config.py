@@ -28,7 +28,7 @@ SCOPE_REGISTRY_MODULES = {
 NON_REGISTRY_KEYS = ('nms', 'roi_layer')
 
 DEMO_HINT = ('generate the demo data with `python tools/make_demo_data.py` '
-             '(writes data/demo_coco and data/demo_ade)')
+             '(writes data/demo_coco, data/demo_ade and data/demo_cls)')
 
 
 class ConfigError(ValueError):

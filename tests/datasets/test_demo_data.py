@@ -1,4 +1,5 @@
-"""The embedded demo datasets: deterministic, valid COCO / ADE20K formats, the promised variety."""
+"""The embedded demo datasets: deterministic, valid COCO / ADE20K / ImageNet-style formats, the
+promised variety."""
 import hashlib
 import json
 import os
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 from pycocotools.coco import COCO
 
-from crossformer_mm.datasets.demo_data import (ADE_CLASSES, COCO_CLASSES, make_demo_data,
-                                               mask_to_polygons, shape_mask)
+from crossformer_mm.datasets.demo_data import (ADE_CLASSES, CLS_CLASSES, COCO_CLASSES,
+                                               make_demo_data, mask_to_polygons, shape_mask)
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +38,7 @@ def test_deterministic(demo, tmp_path):
 
 def test_second_run_skips(demo):
     assert make_demo_data(str(demo), num_train=24, num_val=8, size=128, seed=3) == {
-        'coco': {}, 'ade': {}}
+        'coco': {}, 'ade': {}, 'cls': {}}
 
 
 def test_coco_annotations(demo):
@@ -115,6 +116,64 @@ def test_mmseg_reads_ade_demo(demo):
     # reduce_zero_label shifts ADE indices by one; the label map then renumbers the subset 0..5.
     assert set(np.unique(seg).tolist()) <= set(range(len(ADE_CLASSES))) | {255}
     assert {0, 1} <= set(np.unique(seg).tolist())
+
+
+def test_cls_layout_and_labels(demo):
+    import cv2
+    root = demo / 'demo_cls'
+    assert (root / 'classes.txt').read_text().split() == list(CLS_CLASSES) == sorted(CLS_CLASSES)
+    for split, per_class in (('train', 24), ('val', 8)):
+        lines = (root / 'meta' / f'{split}.txt').read_text().splitlines()
+        assert len(lines) == per_class * len(CLS_CLASSES)
+        labels = []
+        for line in lines:
+            name, label = line.split()
+            # the annotation file and the class folder agree on the label
+            assert name.split('/')[0] == CLS_CLASSES[int(label)]
+            img = cv2.imread(str(root / split / name))
+            assert img.shape == (128, 128, 3)
+            labels.append(int(label))
+        # balanced: num_train / num_val images of every class
+        assert np.bincount(labels, minlength=len(CLS_CLASSES)).tolist() == [per_class] * 5
+        files = sorted(p.relative_to(root / split).as_posix()
+                       for p in (root / split).rglob('*.jpg'))
+        assert files == sorted(line.split()[0] for line in lines)
+
+
+def test_cls_shape_is_the_labelled_one(demo):
+    """The only bright region of each image is its one shape: its outline matches the class
+    better than any other shape (checked through the hole a star or cross has in its hull)."""
+    import cv2
+    root = demo / 'demo_cls'
+    solidity = defaultdict(list)
+    for line in (root / 'meta' / 'train.txt').read_text().splitlines():
+        name, label = line.split()
+        img = cv2.imread(str(root / 'train' / name)).astype(np.int32)
+        # background channels stay below ~130; every palette colour has a channel >= 180 (x0.8)
+        mask = cv2.morphologyEx((img.max(axis=2) > 136).astype(np.uint8), cv2.MORPH_OPEN,
+                                np.ones((3, 3), np.uint8))
+        contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        c = max(contours, key=cv2.contourArea)
+        solidity[CLS_CLASSES[int(label)]].append(cv2.contourArea(c) /
+                                                 max(cv2.contourArea(cv2.convexHull(c)), 1))
+    mean = {k: float(np.mean(v)) for k, v in solidity.items()}
+    # convex shapes fill their hull; the star and the cross do not
+    assert min(mean['circle'], mean['square'], mean['triangle']) > 0.85
+    assert max(mean['star'], mean['cross']) < 0.8
+
+
+def test_mmpretrain_reads_cls_demo_both_ways(demo):
+    from mmpretrain.datasets import CustomDataset
+    root = str(demo / 'demo_cls')
+    by_file = CustomDataset(data_root=root, ann_file='meta/val.txt', data_prefix='val',
+                            metainfo=dict(classes=CLS_CLASSES))
+    by_folder = CustomDataset(data_root=root, data_prefix='val')
+    assert by_folder.CLASSES == CLS_CLASSES and len(by_file) == len(by_folder) == 40
+    labels_file = {osp.basename(d['img_path']): d['gt_label'] for d in
+                   (by_file.get_data_info(i) for i in range(len(by_file)))}
+    labels_folder = {osp.basename(d['img_path']): d['gt_label'] for d in
+                     (by_folder.get_data_info(i) for i in range(len(by_folder)))}
+    assert labels_file == labels_folder
 
 
 def test_shapes_and_polygons():

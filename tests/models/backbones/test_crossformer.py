@@ -417,18 +417,48 @@ def test_classification_configs(path):
 
 
 def test_classification_config_builds_with_mmpretrain():
-    try:
-        import torchvision  # noqa: F401
-        import mmpretrain.models  # noqa: F401
-    except Exception as err:  # torchvision for torch 2.13 CPU does not import here
-        pytest.skip(f'mmpretrain.models needs torchvision, which does not import: {err}')
     from mmengine.config import Config
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import MODELS
 
     import crossformer_mm  # noqa: F401
     cfg = Config.fromfile(str(REPO / 'configs/crossformer/crossformer-t_8xb128_in1k.py'))
-    model = MODELS.build(cfg.model)
+    # the config's own scope (as the Runner sets it), whatever scope an earlier build left current
+    with DefaultScope.overwrite_default_scope(cfg.default_scope):
+        model = MODELS.build(cfg.model)
+    assert type(model).__name__ == 'ImageClassifier' and isinstance(model.backbone, CrossFormer)
     assert n_params(model) == CLASSIFICATION_PARAMS['tiny']
+
+
+def test_image_classifier_logits_equal_forward_head(tmp_path):
+    """mmpretrain's ImageClassifier (GlobalAveragePooling + LinearClsHead) around the backbone,
+    loaded strictly from the ``--mmpretrain`` conversion of an official checkpoint, gives the
+    logits of the official classifier (``forward_head``)."""
+    from mmengine.registry import DefaultScope
+    from mmpretrain.registry import MODELS
+
+    torch.manual_seed(0)
+    ref = CrossFormer(MINI, num_classes=7).eval()
+    src, dst = tmp_path / 'official.pth', tmp_path / 'cls.pth'
+    torch.save(official_layout(ref, 'cls'), src)
+    proc = subprocess.run([sys.executable, str(REPO / 'tools/model_converters/crossformer_to_mm.py'),
+                           str(src), str(dst), '--mmpretrain'], capture_output=True, text=True,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        model = MODELS.build(dict(
+            type='ImageClassifier',
+            backbone=dict(type='CrossFormer', arch=MINI, final_norm=True, out_indices=(3, )),
+            neck=dict(type='GlobalAveragePooling'),
+            head=dict(type='LinearClsHead', num_classes=7, in_channels=256)))
+    model.load_state_dict(torch.load(dst, weights_only=True)['state_dict'], strict=True)
+    model.eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        logits = model(x, mode='tensor')
+        expected = ref.forward_head(ref(x))
+    assert logits.shape == (2, 7)
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_converter_cli_mmpretrain_layout(tmp_path):
