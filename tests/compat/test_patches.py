@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mmengine.logging import HistoryBuffer
@@ -19,8 +20,13 @@ from crossformer_mm.compat.checkpoint import (http_loader_problem, load_local_ch
 ROOT = Path(__file__).resolve().parents[2]
 
 
+# What a HistoryBuffer pickles: itself and the numpy arrays it keeps.
+RUNNER_GLOBALS = [HistoryBuffer, np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+                  type(np.dtype(np.float64)), type(np.dtype(np.int64)), bytes, getattr]
+
+
 def weights_only_with_history_buffer(filename, map_location):
-    with torch.serialization.safe_globals([HistoryBuffer]):
+    with torch.serialization.safe_globals(RUNNER_GLOBALS):
         return torch.load(filename, map_location=map_location, weights_only=True)
 
 
@@ -71,6 +77,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_active_patches_are_what_the_probes_find():
     """In a fresh interpreter: the probes run on mmengine's own loaders agree with the layer."""
     code = '''
+import mmengine
 from mmengine.runner import checkpoint as c
 local, http = c.load_from_local, c.load_from_http
 import crossformer_mm
@@ -91,13 +98,17 @@ print('agree', sorted(active))
 def test_stack_without_the_problems_is_left_alone():
     """A fresh interpreter whose mmengine loads safely: importing the package patches nothing."""
     code = '''
+import numpy as np
 import torch
 from mmengine.logging import HistoryBuffer
 from mmengine.runner import checkpoint as c
 from mmengine.runner import runner as r
 
+SAFE = [HistoryBuffer, np._core.multiarray._reconstruct, np.ndarray, np.dtype,
+        type(np.dtype(np.float64)), type(np.dtype(np.int64)), bytes, getattr]
+
 def local(filename, map_location=None):
-    with torch.serialization.safe_globals([HistoryBuffer]):
+    with torch.serialization.safe_globals(SAFE):
         return torch.load(filename, map_location=map_location, weights_only=True)
 
 def http(url, map_location=None, model_dir=None, progress=False):

@@ -209,7 +209,7 @@ def test_torchvision_r50_config_loads_from_the_cache(torch_home):
     state = torch.load(path, weights_only=True)
     own = backbone.state_dict()
     loaded = [k for k in state if k in own and 'num_batches_tracked' not in k]
-    assert len(loaded) > 300
+    assert len(loaded) == len([k for k in own if 'num_batches_tracked' not in k]) > 250
     for key in loaded:
         assert torch.equal(own[key], state[key]), key
 
