@@ -14,8 +14,8 @@ pair by behaviour (not by name or version) and applies only the patches whose pr
 ``checkpoint_urls``
     mmengine's ``load_from_http`` (also used for ``torchvision://`` and ``open-mmlab://``) hands the
     download to ``torch.hub.load_state_dict_from_url``, whose ``weights_only`` defaults to
-    ``False``: a downloaded file is unpickled in full. Patch: downloads go to the hub cache, checked, and load
-    weights-only.
+    ``False``: a downloaded file is unpickled in full. Patch: downloads go to the hub cache,
+    are checked, and load weights-only.
 
 Both patches go through mmengine's public names: ``CheckpointLoader.register_scheme(...,
 force=True)`` and the module functions ``save_checkpoint`` / ``load_from_http``. CPU-only
