@@ -15,6 +15,7 @@ from copy import deepcopy
 from mmengine.config import ConfigDict, DictAction
 
 import crossformer_mm  # noqa: F401  (registers modules, applies the compatibility layer)
+from crossformer_mm.compat.dist import prepare_cpu_distributed
 from crossformer_mm.utils.cli import (build_runner, finish_distributed, prepare_config,
                                       user_errors_as_messages)
 from crossformer_mm.utils.config import ConfigError, check_checkpoint_path
@@ -116,6 +117,7 @@ def main() -> None:
         cfg.test_evaluator['output_dir'] = args.out
         cfg.test_evaluator['keep_results'] = True
 
+    prepare_cpu_distributed(cfg)
     runner = build_runner(cfg)
     if args.out is not None and scope in ('mmdet', 'mmpretrain'):
         if not args.out.endswith(('.pkl', '.pickle')):

@@ -12,6 +12,9 @@ import os
 from mmengine.config import DictAction
 
 import crossformer_mm  # noqa: F401  (registers modules, applies the compatibility layer)
+from crossformer_mm.compat.checkpoint import find_resume_checkpoint, remove_torn_files
+from crossformer_mm.compat.dist import prepare_cpu_distributed
+from crossformer_mm.compat.resume import ValidateResumedStepHook
 from crossformer_mm.utils.cli import (build_runner, finish_distributed, prepare_config,
                                       user_errors_as_messages)
 from crossformer_mm.utils.config import check_checkpoint_path
@@ -51,13 +54,24 @@ def main() -> None:
             raise RuntimeError('--auto-scale-lr needs `auto_scale_lr.base_batch_size` in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+        # The newest complete checkpoint: never a torn file left by a killed save.
+        found = find_resume_checkpoint(cfg.work_dir)
+        cfg.resume = found is not None
+        cfg.load_from = found or cfg.get('load_from')
+        if os.environ.get('RANK', '0') == '0':
+            remove_torn_files(cfg.work_dir)
+            if found is None:
+                print(f'--resume: no complete checkpoint in {cfg.work_dir}; training from the '
+                      'start')
     elif args.resume is not None:
         check_checkpoint_path(args.resume, '--resume checkpoint')
         cfg.resume, cfg.load_from = True, args.resume
     check_checkpoint_path(cfg.get('load_from'), 'load_from checkpoint')
 
+    prepare_cpu_distributed(cfg)
     runner = build_runner(cfg)
+    if cfg.get('resume'):
+        runner.register_hook(ValidateResumedStepHook())
     runner.train()
     finish_distributed()
 

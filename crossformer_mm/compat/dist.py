@@ -1,64 +1,39 @@
-"""Distributed training without GPUs (torchrun + gloo) on mmengine 0.10.7.
+"""Distributed training without GPUs (``torchrun`` + gloo), set up by the tools, not by patching.
 
-mmengine assumes one GPU per rank in three places; on a CPU machine each of them fails:
+mmengine assumes one GPU per rank: ``mmengine.dist.utils._init_dist_pytorch`` calls
+``torch.cuda.set_device(local_rank)`` before ``init_process_group`` (it fails without CUDA; the
+OneDL fork and mmengine's main branch still do it), and ``Runner.wrap_model`` passes
+``device_ids=[LOCAL_RANK]`` to DDP, which DDP rejects for a module on the CPU. Both have public
+ways around them, used by :func:`prepare_cpu_distributed`:
 
-1. ``mmengine.dist.utils._init_dist_pytorch`` calls ``torch.cuda.set_device(local_rank)``;
-2. ``Runner.wrap_model`` passes ``device_ids=[LOCAL_RANK]`` to DDP, which DDP rejects for a module
-   whose parameters live on the CPU;
-3. nothing calls ``destroy_process_group()``, so ranks may abort at interpreter exit.
+* the Runner initialises the process group only if none exists (``if self.distributed and not
+  is_distributed()`` in ``Runner.setup_env``), so the tool initialises it first, on gloo;
+* ``model_wrapper_cfg`` arguments override the Runner's defaults, so ``device_ids=None`` reaches
+  DDP.
 
-When CUDA is unavailable we initialise the process group on gloo (the configured ``nccl`` cannot
-work without GPUs), drop ``device_ids`` for CPU modules and destroy the group at exit. On machines
-with CUDA nothing changes.
+Nothing happens when CUDA is available or the launcher is not ``pytorch``.
 """
-import atexit
 import os
-from typing import Any
 
 import torch
 import torch.distributed as torch_dist
 
-_PATCHED = False
+
+def prepare_cpu_distributed(cfg) -> bool:
+    """For ``--launcher pytorch`` without CUDA: join the gloo process group and set
+    ``model_wrapper_cfg`` so DDP gets no device ids. Returns whether it did anything."""
+    if cfg.get('launcher') != 'pytorch' or torch.cuda.is_available():
+        return False
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend='gloo', rank=int(os.environ['RANK']),
+                                      world_size=int(os.environ['WORLD_SIZE']))
+    if cfg.get('model_wrapper_cfg') is None:
+        cfg.model_wrapper_cfg = dict(
+            type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False,
+            find_unused_parameters=cfg.get('find_unused_parameters', False))
+    else:
+        cfg.model_wrapper_cfg.setdefault('device_ids', None)
+    return True
 
 
-def _destroy_process_group() -> None:
-    if torch_dist.is_available() and torch_dist.is_initialized():
-        torch_dist.destroy_process_group()
-
-
-def _init_dist_pytorch_cpu(original):
-    def init(backend: str, init_backend: str = 'torch', **kwargs: Any) -> None:
-        if torch.cuda.is_available() or init_backend != 'torch':
-            return original(backend, init_backend=init_backend, **kwargs)
-        if backend in ('nccl', 'hccl', 'cncl', 'mccl'):
-            backend = 'gloo'
-        torch_dist.init_process_group(
-            backend=backend, rank=int(os.environ['RANK']),
-            world_size=int(os.environ['WORLD_SIZE']), **kwargs)
-
-    return init
-
-
-def apply() -> None:
-    """Patch mmengine for CPU-only distributed runs (idempotent)."""
-    global _PATCHED
-    if _PATCHED:
-        return
-    from mmengine.dist import utils as dist_utils
-    from mmengine.model import MMDistributedDataParallel
-
-    dist_utils._init_dist_pytorch = _init_dist_pytorch_cpu(dist_utils._init_dist_pytorch)
-
-    original_init = MMDistributedDataParallel.__init__
-
-    def ddp_init(self, module: torch.nn.Module, detect_anomalous_params: bool = False,
-                 **kwargs: Any) -> None:
-        params = list(module.parameters())
-        if kwargs.get('device_ids') is not None and params and params[0].device.type == 'cpu':
-            kwargs['device_ids'] = None
-        original_init(self, module=module, detect_anomalous_params=detect_anomalous_params,
-                      **kwargs)
-
-    MMDistributedDataParallel.__init__ = ddp_init
-    atexit.register(_destroy_process_group)
-    _PATCHED = True
+__all__ = ['prepare_cpu_distributed']

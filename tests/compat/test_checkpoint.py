@@ -1,81 +1,148 @@
-"""Checkpoint loading under torch's weights-only default: plain weights load, the Runner's own
-checkpoints resume, untrusted pickles and garbage fail clearly."""
+"""Checkpoint files under torch's weights-only default: plain weights load weights-only, the
+Runner's own checkpoints are written atomically and signed and load in full wherever the work dir
+is, and copied, modified, torn or garbage files are refused with a clear message."""
 import os
+import shutil
 
 import numpy as np
 import pytest
 import torch
 from mmengine.logging import HistoryBuffer
-from mmengine.runner import checkpoint as mm_checkpoint
-from mmengine.runner import runner as mm_runner
 
-import crossformer_mm  # noqa: F401  (applies the compatibility layer)
-from crossformer_mm.compat.checkpoint import (CheckpointLoadError, is_trusted,
-                                              load_local_checkpoint, save_checkpoint_atomic,
-                                              trust_checkpoint)
+from crossformer_mm.compat.checkpoint import (KEY_FILE, SIG_SUFFIX, TMP_PREFIX,
+                                              CheckpointLoadError, find_resume_checkpoint,
+                                              load_local_checkpoint, signature_problem,
+                                              write_checkpoint)
 
-
-@pytest.fixture(autouse=True)
-def private_trust_store(tmp_path, monkeypatch):
-    monkeypatch.setenv('CFM_TRUST_STORE', str(tmp_path / 'store'))
-    monkeypatch.delenv('CFM_TRUSTED_CHECKPOINTS', raising=False)
-
-
-def runner_like_checkpoint() -> dict:
+def runner_like_checkpoint(epoch: int = 1) -> dict:
     buf = HistoryBuffer()
     buf.update(1.5)
-    return dict(meta=dict(epoch=1, seed=np.int64(3)), state_dict={'w': torch.ones(2)},
+    return dict(meta=dict(epoch=epoch, seed=np.int64(3)), state_dict={'w': torch.ones(2) * epoch},
                 message_hub=dict(log_scalars={'loss': buf}, arr=np.zeros(3)))
 
 
 def test_plain_weights_load_weights_only(tmp_path):
     path = tmp_path / 'weights.pth'
     torch.save({'state_dict': {'w': torch.arange(3.)}, 'meta': {'epoch': 2}}, path)
-    ckpt = mm_checkpoint._load_checkpoint(str(path), map_location='cpu')
+    ckpt = load_local_checkpoint(str(path), 'cpu')
     assert torch.equal(ckpt['state_dict']['w'], torch.arange(3.))
-    assert not is_trusted(str(path))
 
 
-def test_runner_saves_through_the_atomic_trusted_writer():
-    assert mm_runner.save_checkpoint is save_checkpoint_atomic
-    assert mm_checkpoint.save_checkpoint is save_checkpoint_atomic
-
-
-def test_runner_checkpoint_is_trusted_and_resumes(tmp_path):
-    path = tmp_path / 'epoch_1.pth'
-    mm_checkpoint.save_checkpoint(runner_like_checkpoint(), str(path))
-    assert is_trusted(str(path))
-    assert not [p for p in os.listdir(tmp_path) if p.startswith('.tmp_ckpt_')]
-    ckpt = mm_checkpoint._load_checkpoint(str(path), map_location='cpu')
+def test_runner_checkpoint_is_signed_and_resumes(tmp_path):
+    path = tmp_path / 'work' / 'epoch_1.pth'
+    write_checkpoint(runner_like_checkpoint(), str(path))
+    assert (tmp_path / 'work' / ('epoch_1.pth' + SIG_SUFFIX)).is_file()
+    key = tmp_path / 'work' / KEY_FILE
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert not [p for p in os.listdir(path.parent) if p.startswith(TMP_PREFIX)]
+    assert signature_problem(str(path)) is None
+    ckpt = load_local_checkpoint(str(path), 'cpu')
     assert ckpt['message_hub']['log_scalars']['loss'].current() == 1.5
     assert ckpt['meta']['seed'] == 3
 
 
-def test_untrusted_pickle_is_refused(tmp_path):
+def test_signature_travels_with_the_work_dir_not_the_home(tmp_path, monkeypatch):
+    """Another machine sees the work dir on shared storage, with its own home and caches."""
+    work = tmp_path / 'work'
+    write_checkpoint(runner_like_checkpoint(), str(work / 'epoch_1.pth'))
+    moved = tmp_path / 'mounted_elsewhere'
+    shutil.copytree(work, moved)
+    monkeypatch.setenv('HOME', str(tmp_path / 'other_home'))
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'other_home' / '.cache'))
+    assert load_local_checkpoint(str(moved / 'epoch_1.pth'))['meta']['epoch'] == 1
+
+
+def test_foreign_pickle_is_refused(tmp_path):
     path = tmp_path / 'foreign.pth'
     torch.save(runner_like_checkpoint(), path)
-    with pytest.raises(CheckpointLoadError, match='trust_checkpoint.py'):
+    with pytest.raises(CheckpointLoadError, match='trust_checkpoint.py') as err:
         load_local_checkpoint(str(path))
+    assert 'Unsupported global: GLOBAL' in str(err.value) and '\n' not in str(err.value)
 
 
-def test_trust_by_hand_and_by_env(tmp_path, monkeypatch):
-    a, b = tmp_path / 'a.pth', tmp_path / 'b.pth'
-    torch.save(runner_like_checkpoint(), a)
-    torch.save(runner_like_checkpoint(), b)
-    trust_checkpoint(str(a))
-    assert load_local_checkpoint(str(a))['meta']['epoch'] == 1
-    monkeypatch.setenv('CFM_TRUSTED_CHECKPOINTS', str(b))
-    assert load_local_checkpoint(str(b))['meta']['epoch'] == 1
+def test_copied_file_with_its_signature_is_refused(tmp_path):
+    """A checkpoint and .sig from another work dir do not verify with this folder's key."""
+    a, b = tmp_path / 'a', tmp_path / 'b'
+    write_checkpoint(runner_like_checkpoint(), str(a / 'epoch_1.pth'))
+    write_checkpoint(runner_like_checkpoint(2), str(b / 'epoch_2.pth'))
+    shutil.copy(a / 'epoch_1.pth', b / 'epoch_1.pth')
+    shutil.copy(a / ('epoch_1.pth' + SIG_SUFFIX), b / ('epoch_1.pth' + SIG_SUFFIX))
+    assert 'key' in signature_problem(str(b / 'epoch_1.pth'))
+    with pytest.raises(CheckpointLoadError, match='not a verified training checkpoint'):
+        load_local_checkpoint(str(b / 'epoch_1.pth'))
 
 
-def test_modified_trusted_file_is_no_longer_trusted(tmp_path):
+def test_modified_signed_file_is_refused(tmp_path):
     path = tmp_path / 'epoch_1.pth'
-    mm_checkpoint.save_checkpoint(runner_like_checkpoint(), str(path))
-    ckpt = runner_like_checkpoint()
-    ckpt['meta']['epoch'] = 7
-    torch.save(ckpt, path)
+    write_checkpoint(runner_like_checkpoint(), str(path))
+    sig = (tmp_path / ('epoch_1.pth' + SIG_SUFFIX)).read_bytes()
+    torch.save(runner_like_checkpoint(7), path)
+    (tmp_path / ('epoch_1.pth' + SIG_SUFFIX)).write_bytes(sig)
+    assert signature_problem(str(path)) is not None
     with pytest.raises(CheckpointLoadError):
         load_local_checkpoint(str(path))
+
+
+def test_key_writable_by_others_is_not_trusted(tmp_path):
+    path = tmp_path / 'epoch_1.pth'
+    write_checkpoint(runner_like_checkpoint(), str(path))
+    os.chmod(tmp_path / KEY_FILE, 0o666)
+    assert 'private' in signature_problem(str(path))
+
+
+def test_sign_by_hand(tmp_path):
+    from crossformer_mm.compat.checkpoint import sign_checkpoint
+    path = tmp_path / 'copied.pth'
+    torch.save(runner_like_checkpoint(), path)
+    sign_checkpoint(str(path))
+    assert load_local_checkpoint(str(path))['meta']['epoch'] == 1
+
+
+def test_save_streams_without_a_memory_copy(tmp_path, monkeypatch):
+    """torch.save writes into the file (through a hashing stream), never into a BytesIO."""
+    import io
+    seen = []
+    real = torch.save
+
+    def spy(obj, f, *args, **kwargs):
+        seen.append(type(f))
+        return real(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, 'save', spy)
+    write_checkpoint(runner_like_checkpoint(), str(tmp_path / 'epoch_1.pth'))
+    assert seen and not any(issubclass(t, io.BytesIO) for t in seen)
+
+
+def test_failed_save_leaves_nothing(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError('cannot pickle')
+
+    with pytest.raises(RuntimeError, match='cannot pickle'):
+        write_checkpoint({'x': Unpicklable()}, str(tmp_path / 'epoch_1.pth'))
+    assert sorted(os.listdir(tmp_path)) == [KEY_FILE]
+
+
+def test_resume_point_skips_torn_and_unsigned_files(tmp_path):
+    work = tmp_path
+    write_checkpoint(runner_like_checkpoint(1), str(work / 'epoch_1.pth'))
+    write_checkpoint(runner_like_checkpoint(2), str(work / 'epoch_2.pth'))
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_2.pth'))
+    assert find_resume_checkpoint(str(work)) == str(work / 'epoch_2.pth')
+    # A torn write of the next checkpoint stays a temporary file: never a candidate.
+    (work / (TMP_PREFIX + 'abc')).write_bytes(b'PK\x03\x04 torn')
+    assert find_resume_checkpoint(str(work)) == str(work / 'epoch_2.pth')
+    # last_checkpoint half written, or naming a file that is damaged: the newest good one wins.
+    (work / 'last_checkpoint').write_text(str(work)[:5])
+    assert find_resume_checkpoint(str(work)) == str(work / 'epoch_2.pth')
+    with open(work / 'epoch_2.pth', 'r+b') as f:
+        f.truncate(100)
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_2.pth'))
+    assert find_resume_checkpoint(str(work)) == str(work / 'epoch_1.pth')
+    # Absolute path from a machine that mounts the work dir elsewhere.
+    (work / 'last_checkpoint').write_text('/elsewhere/work/epoch_1.pth')
+    assert find_resume_checkpoint(str(work)) == str(work / 'epoch_1.pth')
+    assert find_resume_checkpoint(str(tmp_path / 'empty')) is None
 
 
 @pytest.mark.parametrize('content', [b'', b'not a checkpoint at all', b'PK\x03\x04broken'])

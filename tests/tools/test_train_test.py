@@ -1,15 +1,18 @@
 """End to end through the command-line tools on a tiny copy of the demo data: train, test with
-pictures, clear errors for bad input, SIGKILL + --resume, and two-process training on gloo."""
+pictures, clear errors for bad input, SIGKILL anywhere + --resume giving bit-identical results
+(one process and two on gloo), and two-process training."""
 import os
-import os.path as osp
+import random
+import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from crossformer_mm.compat.checkpoint import TMP_PREFIX, find_resume_checkpoint
 from crossformer_mm.datasets.demo_data import make_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,29 +109,175 @@ def test_bad_checkpoints(tiny):
                            '--work-dir', str(tiny / 'bad')]), 'not a PyTorch checkpoint')
 
 
-def test_sigkill_then_resume_finishes(tiny):
-    work = tiny / 'killed'
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    args = [sys.executable, 'tools/train.py', str(tiny / 'tiny.py'), '--work-dir', str(work),
-            '--cfg-options', 'train_cfg.max_epochs=3', 'train_cfg.val_interval=3']
-    log_path = tiny / 'killed.log'
-    with open(log_path, 'w') as log:
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + 300
-        # Wait for the first checkpoint and for epoch 2 to be under way, then SIGKILL.
-        while time.time() < deadline and proc.poll() is None:
-            if (work / 'epoch_1.pth').exists() and 'Epoch(train) [2][1/4]' in log_path.read_text():
-                break
-            time.sleep(0.2)
-        assert proc.poll() is None, 'training ended before it could be killed'
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-    assert not (work / 'epoch_3.pth').exists()
-    result = run(args + ['--resume'])
+# ------------------------------------------------------------------- kill anywhere, lose nothing
+RESUME_CONFIG = (ROOT / 'configs' / 'demo' /
+                 'retinanet_crossformer-demo_fpn_deterministic-4e_demo-coco.py')
+KILL_SWITCH_DIR = Path(__file__).resolve().parent  # kill_switch.py, imported by the run itself
+METRIC = re.compile(r'(coco/bbox_mAP\w*): (-?[\d.]+)')
+
+
+@pytest.fixture(scope='module')
+def det(tmp_path_factory):
+    """The deterministic demo config on a tiny copy of the data (4 epochs of 4 iterations,
+    validation after epochs 2 and 4), with the test's kill switch."""
+    root = tmp_path_factory.mktemp('resume')
+    make_demo_data(str(root / 'data'), num_train=8, num_val=4, size=128, seed=0, which=('coco', ))
+    data_root = f'{root}/data/demo_coco/'
+    (root / 'det.py').write_text(
+        f"_base_ = '{RESUME_CONFIG}'\n"
+        "custom_imports = dict(imports=['crossformer_mm', 'kill_switch'],\n"
+        "                      allow_failed_imports=False)\n"
+        "custom_hooks = [dict(type='KillSwitchHook')]\n"
+        f"data_root = '{data_root}'\n"
+        "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
+        "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
+        "test_dataloader = val_dataloader\n"
+        "val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')\n"
+        "test_evaluator = val_evaluator\n")
+    return root
+
+
+def machine(root: Path, name: str) -> dict:
+    """Environment of a process on machine ``name``: its own home and caches."""
+    home = root / 'machines' / name
+    return dict(HOME=str(home), XDG_CACHE_HOME=str(home / '.cache'),
+                TORCH_HOME=str(home / '.cache' / 'torch'), OMP_NUM_THREADS='1',
+                PYTHONPATH=f'{ROOT}{os.pathsep}{KILL_SWITCH_DIR}')
+
+
+def train(det: Path, work: Path, kill_at: str = '', resume: bool = False, procs: int = 0,
+          on: str = 'a') -> subprocess.CompletedProcess:
+    """tools/train.py (or tools/dist_train.sh with ``procs`` processes) on the det config."""
+    env = machine(det, on)
+    if kill_at:
+        env['KILL_AT'] = kill_at
+    if procs:
+        env['PORT'] = str(random.randrange(20000, 40000))
+        args = ['bash', 'tools/dist_train.sh', str(det / 'det.py'), str(procs)]
+    else:
+        args = [sys.executable, 'tools/train.py', str(det / 'det.py')]
+    args += ['--work-dir', str(work)] + (['--resume'] if resume else [])
+    return run(args, env=env)
+
+
+def final_metrics(result: subprocess.CompletedProcess) -> dict:
+    found = dict(METRIC.findall(result.stdout + result.stderr))
+    assert 'coco/bbox_mAP' in found, result.stdout[-3000:] + result.stderr[-3000:]
+    return found
+
+
+def assert_identical(a, b, path: str = 'checkpoint') -> None:
+    """Bit-identical nested state: tensors by torch.equal, everything else by ==."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), path
+        for key in a:
+            assert_identical(a[key], b[key], f'{path}.{key}')
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f'{path}[{i}]')
+    else:
+        assert a == b, (path, a, b)
+
+
+def assert_same_training(work: Path, ref: Path) -> None:
+    """Model, optimizer and schedulers of the last checkpoint equal those of the reference."""
+    got = torch.load(work / 'epoch_4.pth', map_location='cpu', weights_only=False)
+    want = torch.load(ref / 'epoch_4.pth', map_location='cpu', weights_only=False)
+    for key in ('state_dict', 'optimizer', 'param_schedulers'):
+        assert_identical(got[key], want[key], key)
+    assert (got['meta']['epoch'], got['meta']['iter']) == (4, 16)
+
+
+@pytest.fixture(scope='module')
+def reference(det):
+    """One uninterrupted run."""
+    work = det / 'reference'
+    result = train(det, work)
     assert result.returncode == 0, result.stderr[-4000:]
-    assert 'resumed epoch: 1' in result.stdout + result.stderr or \
-        'resumed epoch: 2' in result.stdout + result.stderr
-    assert (work / 'epoch_3.pth').is_file()
+    return work, final_metrics(result)
+
+
+def assert_killed(result: subprocess.CompletedProcess, point: str) -> None:
+    assert result.returncode == -signal.SIGKILL, (point, result.returncode,
+                                                  result.stderr[-3000:])
+
+
+def test_kill_anywhere_resumes_bit_identical(det, reference):
+    """SIGKILL mid-iteration, mid-validation and mid-checkpoint-write, --resume after each; the
+    last resume runs on another machine (other home and caches, same work dir)."""
+    ref_work, ref_metrics = reference
+    work = det / 'killed'
+    # 6th iteration = 2nd of epoch 2, inside the backbone forward.
+    assert_killed(train(det, work, 'train:6'), 'train:6')
+    assert find_resume_checkpoint(str(work)) == str(work / 'epoch_1.pth')
+    # Resumed from epoch 1: epoch 2 trains and is saved, its validation is killed half-way.
+    assert_killed(train(det, work, 'val:1', resume=True), 'val:1')
+    assert find_resume_checkpoint(str(work)) == str(work / 'epoch_2.pth')
+    # Resumed from epoch 2: killed 1 MiB into writing epoch_3.pth.
+    assert_killed(train(det, work, f'save:{1 << 20}', resume=True), 'save')
+    torn = [p for p in os.listdir(work) if p.startswith(TMP_PREFIX)]
+    assert len(torn) == 1 and (work / torn[0]).stat().st_size == 1 << 20
+    assert not (work / 'epoch_3.pth').exists()
+    assert find_resume_checkpoint(str(work)) == str(work / 'epoch_2.pth')
+    # Another machine: resumes from epoch 2 (redoing its validation), finishes.
+    result = train(det, work, resume=True, on='b')
+    assert result.returncode == 0, result.stderr[-4000:]
+    log = result.stdout + result.stderr
+    assert 'resumed epoch: 2' in log and 'Epoch(val) [2]' in log
+    assert not [p for p in os.listdir(work) if p.startswith(TMP_PREFIX)]
+    assert_same_training(work, ref_work)
+    assert final_metrics(result) == ref_metrics
+
+
+def test_dist_one_rank_killed_resumes_bit_identical(det):
+    """tools/dist_train.sh CONFIG 2 on gloo: rank 1 SIGKILLs itself mid-iteration, torchrun stops
+    rank 0, --resume finishes; the result equals an uninterrupted two-process run."""
+    ref = det / 'dist_reference'
+    result = train(det, ref, procs=2)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    ref_metrics = final_metrics(result)
+    work = det / 'dist_killed'
+    # Two ranks: 2 iterations per epoch each; the 4th is the second of epoch 2 (by then rank 0
+    # has finished writing epoch_1.pth: the 3rd iteration's gradients needed it).
+    killed = train(det, work, 'train:4@1', procs=2)
+    assert killed.returncode != 0
+    assert find_resume_checkpoint(str(work)) == str(work / 'epoch_1.pth')
+    result = train(det, work, resume=True, procs=2, on='b')
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    got = torch.load(work / 'epoch_4.pth', map_location='cpu', weights_only=False)
+    want = torch.load(ref / 'epoch_4.pth', map_location='cpu', weights_only=False)
+    for key in ('state_dict', 'optimizer', 'param_schedulers'):
+        assert_identical(got[key], want[key], key)
+    assert final_metrics(result) == ref_metrics
+
+
+@pytest.mark.slow
+def test_kill_at_ten_random_points(det, reference):
+    """Ten SIGKILLs at random points (iteration, validation step or byte of a checkpoint write),
+    each followed by --resume; the result equals the uninterrupted run."""
+    ref_work, ref_metrics = reference
+    rng = random.Random(13)
+    size = (ref_work / 'epoch_4.pth').stat().st_size  # every epoch's checkpoint has this size
+    work, points = det / 'random_kills', []
+    resumed = False
+    while len(points) < 10:
+        phase = rng.choice(['train', 'val', 'save'])
+        point = {'train': f'train:{rng.randint(1, 4)}', 'val': f'val:{rng.randint(1, 2)}',
+                 'save': f'save:{rng.randint(1, size - 1)}'}[phase]
+        result = train(det, work, point, resume=resumed)
+        resumed = True
+        if result.returncode == 0:  # training finished before reaching the point
+            break
+        assert_killed(result, point)
+        points.append(point)
+    result = train(det, work, resume=True, on='b')
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert len(points) == 10, points
+    assert_same_training(work, ref_work)
+    assert final_metrics(result) == ref_metrics
 
 
 def test_dist_train_two_processes_on_gloo(tiny):

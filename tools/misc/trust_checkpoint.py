@@ -1,22 +1,29 @@
-"""Mark checkpoints as trusted so they may be unpickled in full (see docs/compatibility.md).
+"""Sign checkpoints so they may be unpickled in full (see docs/compatibility.md).
 
-Training checkpoints written on this machine are trusted automatically; use this for a training
-checkpoint copied from another machine (e.g. to resume there).
+Training checkpoints are signed when the Runner saves them, with the key of their folder; this is
+for a training checkpoint from elsewhere that you trust (e.g. one you copied from a colleague's
+run): it signs the file with the key of the folder it is in now.
 
     python tools/misc/trust_checkpoint.py FILE [FILE ...]
 """
 import argparse
+import os.path as osp
+import sys
 
-from crossformer_mm.compat.checkpoint import trust_checkpoint, trust_store_dir
+from crossformer_mm.compat.checkpoint import sign_checkpoint
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('files', nargs='+', help='checkpoint files to trust')
+    parser.add_argument('files', nargs='+', help='checkpoint files to sign')
     args = parser.parse_args()
     for path in args.files:
-        print(f'trusted {path} (sha256 {trust_checkpoint(path)}) in {trust_store_dir()}')
+        if not osp.isfile(path):
+            print(f'error: {path} does not exist', file=sys.stderr)
+            return 1
+        print(f'signed {path} ({sign_checkpoint(path)})')
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

@@ -28,7 +28,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...compat.checkpoint import CheckpointLoadError, load_local_checkpoint
+from ...compat.checkpoint import CheckpointLoadError, load_weights
 from ..layers import Attention
 
 
@@ -343,18 +343,19 @@ def backbone_state_dict(checkpoint: Mapping[str, Any],
 
 
 def read_weights_file(path: str, converter: str) -> Any:
-    """Read a checkpoint file for a backbone loader.
+    """Read a checkpoint for a backbone loader: a local file, or an ``http(s)://`` URL downloaded
+    once into the torch hub cache (``$TORCH_HOME/hub/checkpoints``).
 
-    Plain weight files load weights-only; training checkpoints written on this machine load in
-    full (see :mod:`crossformer_mm.compat.checkpoint`); any other pickle is refused with a hint
-    to convert it with ``tools/model_converters/{converter}.py --unsafe-pickle``.
+    Weights load weights-only; a local training checkpoint whose signature verifies loads in full
+    (see :mod:`crossformer_mm.compat.checkpoint`); anything else is refused with a hint to convert
+    it with ``tools/model_converters/{converter}.py --unsafe-pickle``.
     """
     try:
-        return load_local_checkpoint(path, map_location='cpu')
+        return load_weights(path, map_location='cpu')
     except CheckpointLoadError as err:
-        raise CheckpointLoadError(f'{err} Official training checkpoints can be converted with '
-                                  f'tools/model_converters/{converter}.py SRC DST '
-                                  f'--unsafe-pickle (only for files you trust).') from None
+        raise CheckpointLoadError(str(err).replace('tools/model_converters/*_to_mm.py',
+                                                   f'tools/model_converters/{converter}.py')
+                                  ) from None
 
 
 def load_checked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], src: str,
