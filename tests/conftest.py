@@ -2,8 +2,8 @@
 
 The tests never touch the user's home: at import time (before any test module imports
 ``crossformer_mm``, torch hub, matplotlib or triton) ``HOME`` and every cache derived from it —
-``XDG_CACHE_HOME`` / ``XDG_CONFIG_HOME``, ``TORCH_HOME``, the checkpoint trust store
-(``CFM_TRUST_STORE``), ``MPLCONFIGDIR``, triton's cache — point into one temporary folder for the
+``XDG_CACHE_HOME`` / ``XDG_CONFIG_HOME``, ``TORCH_HOME`` (the hub cache that URL weights are
+downloaded into), ``MPLCONFIGDIR``, triton's cache — point into one temporary folder for the
 session. They are set in ``os.environ``, so the tools the tests launch as subprocesses
 (``tools/train.py``, ``torchrun``) inherit them. The folder is removed when the session ends.
 
@@ -29,7 +29,6 @@ ISOLATED_ENV: Dict[str, str] = {
     'XDG_DATA_HOME': '.local/share',
     'TORCH_HOME': '.cache/torch',
     'TORCH_EXTENSIONS_DIR': '.cache/torch_extensions',
-    'CFM_TRUST_STORE': '.cache/crossformer_mm/trusted_checkpoints',
     'MPLCONFIGDIR': '.config/matplotlib',
     'TRITON_HOME': '.',
     'TRITON_CACHE_DIR': '.triton/cache',
@@ -38,8 +37,6 @@ for _name, _rel in ISOLATED_ENV.items():
     _path = (SESSION_HOME / _rel).resolve()
     _path.mkdir(parents=True, exist_ok=True)
     os.environ[_name] = str(_path)
-# A user's list of hand-trusted checkpoint files must not leak into the tests either.
-os.environ.pop('CFM_TRUSTED_CHECKPOINTS', None)
 
 
 @pytest.fixture(scope='session', autouse=True)

@@ -8,11 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from crossformer_mm.compat.checkpoint import trust_store_dir
-
 ROOT = Path(__file__).resolve().parents[1]
-VARIABLES = ('HOME', 'XDG_CACHE_HOME', 'XDG_CONFIG_HOME', 'TORCH_HOME', 'CFM_TRUST_STORE',
-             'MPLCONFIGDIR', 'TRITON_CACHE_DIR')
+VARIABLES = ('HOME', 'XDG_CACHE_HOME', 'XDG_CONFIG_HOME', 'TORCH_HOME', 'MPLCONFIGDIR',
+             'TRITON_CACHE_DIR')
 
 
 def inside(path: str, folder: Path) -> bool:
@@ -24,18 +22,16 @@ def test_home_and_caches_point_into_the_session_folder(isolated_home: Path) -> N
     for name in VARIABLES:
         assert inside(os.environ[name], isolated_home), (name, os.environ[name])
     assert inside(os.path.expanduser('~'), isolated_home)
-    assert inside(trust_store_dir(), isolated_home)
     import torch.hub
     assert inside(torch.hub.get_dir(), isolated_home)
-    assert 'CFM_TRUSTED_CHECKPOINTS' not in os.environ
 
 
 def test_subprocesses_inherit_the_isolation(isolated_home: Path) -> None:
     code = textwrap.dedent('''
         import os
-        from crossformer_mm.compat.checkpoint import trust_store_dir
+        import torch.hub
         print(os.path.expanduser('~'))
-        print(trust_store_dir())
+        print(torch.hub.get_dir())
         print(os.environ['TORCH_HOME'])
     ''')
     result = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True,

@@ -81,7 +81,7 @@ def upstream_tool(package: str, name: str) -> Path:
 def run(args, tmp: Path) -> subprocess.CompletedProcess:
     # PYTHONPATH only makes this checkout importable; nothing imports the package but the
     # config's custom_imports. Runner checkpoints are trusted through a private store.
-    env = dict(os.environ, PYTHONPATH=str(ROOT), CFM_TRUST_STORE=str(tmp / 'trust'))
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
     return subprocess.run([sys.executable, *map(str, args)], cwd=tmp, env=env,
                           capture_output=True, text=True, timeout=600)
 
