@@ -45,6 +45,7 @@ class MMCVMSDeformAttnOnKernels(MultiScaleDeformableAttention):
 
     deterministic: Optional[bool] = None
     forward = MSDeformAttn.forward
+    _check_forward_inputs = MSDeformAttn._check_forward_inputs
 
 
 def replace_mmcv_msda(model: nn.Module, deterministic: Optional[bool] = None) -> int:
