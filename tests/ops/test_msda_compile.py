@@ -135,27 +135,16 @@ def test_compiled_encoder_layer_matches_eager(backend):
         assert max_diff(a, b) <= 1e-4 * max(1.0, b.abs().max().item()), name
 
 
-class _Transformer(torch.nn.Module):
-    """Deformable DETR from the encoder to the head's outputs (mmdet's ``forward_transformer``
-    after ``pre_transformer``, then the head), for level sizes fixed by the input size."""
+class _TensorForward(torch.nn.Module):
+    """A detector's ``forward(inputs, data_samples, mode='tensor')`` for fixed image metadata."""
 
-    def __init__(self, model, spatial_shapes, decoder_extra):
+    def __init__(self, model, data_samples):
         super().__init__()
         self.model = model
-        self.spatial_shapes = spatial_shapes
-        self.decoder_extra = decoder_extra
+        self.data_samples = data_samples
 
-    def forward(self, feat, feat_mask, feat_pos, level_start_index, valid_ratios):
-        memory = self.model.forward_encoder(
-            feat=feat, feat_mask=feat_mask, feat_pos=feat_pos,
-            spatial_shapes=self.spatial_shapes, level_start_index=level_start_index,
-            valid_ratios=valid_ratios)
-        decoder_inputs, head_inputs = self.model.pre_decoder(**memory)
-        decoder_inputs.update(memory_mask=feat_mask, spatial_shapes=self.spatial_shapes,
-                              level_start_index=level_start_index, valid_ratios=valid_ratios)
-        head_inputs.update(self.model.forward_decoder(**decoder_inputs))
-        return self.model.bbox_head(**{k: v for k, v in head_inputs.items()
-                                       if k in ('hidden_states', 'references')})
+    def forward(self, inputs):
+        return self.model(inputs, self.data_samples, mode='tensor')
 
 
 @pytest.mark.parametrize('variant', [
@@ -164,11 +153,10 @@ class _Transformer(torch.nn.Module):
     pytest.param(dict(with_box_refine=True, as_two_stage=True), id='refine-twostage'),
 ])
 def test_exported_deformable_detr_matches_eager(variant):
-    """torch.export of the package's Deformable DETR from the encoder to the head (128x128
-    input; the level sizes static, as ``CFDeformableDETR.pre_transformer`` hands them over while
-    exporting); the program holds the registered op and reproduces the eager outputs.
-    mmdet 3.3's ``pre_transformer`` itself calls ``torch._shape_as_tensor``, which neither
-    export mode traces, so it runs outside the program."""
+    """torch.export of the package's whole Deformable DETR ``forward`` (backbone to head
+    outputs) for a fixed input size, with a padded image so that the padding masks are traced
+    too: the program holds the registered op once per attention layer and reproduces the eager
+    outputs."""
     from mmdet.registry import MODELS
     from mmdet.structures import DetDataSample
     from mmdet.utils import register_all_modules
@@ -187,21 +175,22 @@ def test_exported_deformable_detr_matches_eager(variant):
         model = MODELS.build(cfg.model)
     model.init_weights()
     model.eval()
-    sample = DetDataSample()
-    sample.set_metainfo(dict(img_shape=(128, 120), batch_input_shape=(128, 128),
-                             pad_shape=(128, 128), ori_shape=(128, 120),
-                             scale_factor=(1.0, 1.0)))
+    samples = []
+    for img_shape in (128, 120), (112, 128):
+        sample = DetDataSample()
+        sample.set_metainfo(dict(img_shape=img_shape, batch_input_shape=(128, 128),
+                                 pad_shape=(128, 128), ori_shape=img_shape,
+                                 scale_factor=(1.0, 1.0)))
+        samples.append(sample)
+    wrapper = _TensorForward(model, samples).eval()
+    inputs = torch.randn(2, 3, 128, 128)
     with torch.no_grad():
-        feats = model.extract_feat(torch.randn(1, 3, 128, 128))
-        enc, dec = model.pre_transformer(feats, [sample])
-        shapes = tuple(tuple(f.shape[-2:]) for f in feats)
-        wrapper = _Transformer(model, shapes, dec).eval()
-        args = (enc['feat'], enc['feat_mask'], enc['feat_pos'], enc['level_start_index'],
-                enc['valid_ratios'])
-        expected = wrapper(*args)
-        program = torch.export.export(wrapper, args)
-        out = program.module()(*args)
-    targets = {str(n.target) for n in program.graph.nodes if n.op == 'call_function'}
-    assert 'crossformer_mm.ms_deform_attn.default' in targets
+        expected = wrapper(inputs)
+        program = torch.export.export(wrapper, (inputs, ))
+        out = program.module()(inputs)
+    targets = [str(n.target) for n in program.graph.nodes if n.op == 'call_function']
+    assert targets.count('crossformer_mm.ms_deform_attn.default') == 3  # 1 encoder, 2 decoder
+    expected, out = torch.utils._pytree.tree_leaves(expected), torch.utils._pytree.tree_leaves(out)
+    assert len(out) == len(expected) > 0
     for a, b in zip(out, expected):
         assert max_diff(a, b) <= 1e-4

@@ -17,12 +17,23 @@ from mmengine.model import xavier_init
 import torch
 from torch import Tensor, nn
 from torch.nn.init import normal_
+from torch.overrides import TorchFunctionMode
 
 from crossformer_mm.ops import MSDeformAttn
 from crossformer_mm.registry import MMDET_MODELS, register_model
 from .utils import DETRFamilyMixin, check_levels
 
 __all__ = ['CFDeformableDETR']
+
+
+class _StaticShapeTensors(TorchFunctionMode):
+    """``torch._shape_as_tensor(x)`` as a tensor built from ``x.shape`` (traceable by
+    ``torch.export``; the values are the same)."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch._shape_as_tensor:
+            return torch.tensor(tuple(args[0].shape), device=args[0].device)
+        return func(*args, **(kwargs or {}))
 
 
 @register_model((MMDET_MODELS, ))
@@ -66,12 +77,17 @@ class CFDeformableDETR(DETRFamilyMixin, DeformableDETR):
         if batch_data_samples is None:
             raise ValueError(f'{type(self).__name__} needs batch_data_samples (for the image '
                              'shapes and the padding masks)')
-        encoder_inputs, decoder_inputs = super().pre_transformer(mlvl_feats, batch_data_samples)
-        if torch.compiler.is_compiling():
-            # torch.compile / torch.export: the level sizes as ints (static for a given input
-            # size), so that mmdet's loops over the levels read no tensor.
-            shapes = tuple(tuple(feat.shape[-2:]) for feat in mlvl_feats)
-            encoder_inputs['spatial_shapes'] = decoder_inputs['spatial_shapes'] = shapes
+        if not torch.compiler.is_compiling():
+            return super().pre_transformer(mlvl_feats, batch_data_samples)
+        # torch.compile / torch.export: mmdet reads each level's size with
+        # ``torch._shape_as_tensor``, which fake tensors cannot serve; built from the static sizes
+        # instead (same values). The level sizes then go on as ints, so that mmdet's loops over
+        # the levels read no tensor.
+        with _StaticShapeTensors():
+            encoder_inputs, decoder_inputs = super().pre_transformer(mlvl_feats,
+                                                                     batch_data_samples)
+        shapes = tuple(tuple(feat.shape[-2:]) for feat in mlvl_feats)
+        encoder_inputs['spatial_shapes'] = decoder_inputs['spatial_shapes'] = shapes
         return encoder_inputs, decoder_inputs
 
     def pre_decoder(self, memory: Tensor, memory_mask: Tensor,
