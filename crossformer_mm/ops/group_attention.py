@@ -14,8 +14,9 @@ permute copy. Kernels of the op:
 * CPU, float32, native extension built: the C++ kernel (``csrc/group_attn``), one (group, head)
   per task on torch's thread pool, register-blocked vector loops compiled for AVX-512, AVX2 and
   the baseline ISA; nothing of size ``N×N`` is stored (the logits of one query row live in a
-  buffer). :func:`group_attention_available` says whether it runs; the attention layers call the
-  op for inference only then.
+  buffer). :func:`group_attention_available` says whether it runs. The backbones' attention
+  does not call the op (it uses SDPA or the explicit softmax; docs/backbones.md gives the
+  measurement).
 * any other device or dtype: the same function in PyTorch (:func:`group_attention_reference`).
 
 A fake implementation serves ``torch.compile`` / ``torch.export``, and a registered backward

@@ -38,14 +38,6 @@ def tiny(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope='module')
-def trained(tiny):
-    work = tiny / 'work'
-    result = run([sys.executable, 'tools/train.py', str(tiny / 'tiny.py'), '--work-dir', str(work)])
-    assert result.returncode == 0, result.stderr[-4000:]
-    return work, result
-
-
 def test_train_tool_trains_a_classifier(trained):
     work, result = trained
     log = result.stdout + result.stderr

@@ -54,14 +54,6 @@ def assert_user_error(result, *needles):
         assert needle in result.stderr, result.stderr[-3000:]
 
 
-@pytest.fixture(scope='module')
-def trained(tiny):
-    work = tiny / 'work'
-    result = run([sys.executable, 'tools/train.py', str(tiny / 'tiny.py'), '--work-dir', str(work)])
-    assert result.returncode == 0, result.stderr[-4000:]
-    return work, result
-
-
 def test_train_writes_checkpoints_and_coco_metrics(trained):
     work, result = trained
     assert (work / 'epoch_2.pth').is_file()
