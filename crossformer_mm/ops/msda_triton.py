@@ -56,6 +56,16 @@ if triton is not None:
         return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f, w, inside
 
     @triton.jit
+    def _corners(x0, y0, inside, H, W, level_base):
+        """Key index of the top-left corner and which of the four corners lie in the level."""
+        k00 = level_base + (y0 * W + x0).to(tl.int64)
+        ok00 = inside & (x0 >= 0) & (y0 >= 0)
+        ok01 = inside & (x0 + 1 < W) & (y0 >= 0)
+        ok10 = inside & (x0 >= 0) & (y0 + 1 < H)
+        ok11 = inside & (x0 + 1 < W) & (y0 + 1 < H)
+        return k00, ok00, ok01, ok10, ok11
+
+    @triton.jit
     def _msda_fwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr, S, Q,
                          NH, D, L: tl.constexpr, P: tl.constexpr, BLOCK_Q: tl.constexpr,
                          BLOCK_D: tl.constexpr, ACC_FP64: tl.constexpr):
@@ -81,11 +91,7 @@ if triton is not None:
                 idx = bqh * (L * P) + l * P + p
                 x0, y0, fx, fy, w, inside = _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask,
                                                             H.to(acc_t), W.to(acc_t))
-                k00 = level_base + (y0 * W + x0).to(tl.int64)
-                ok00 = inside & (x0 >= 0) & (y0 >= 0)
-                ok01 = inside & (x0 + 1 < W) & (y0 >= 0)
-                ok10 = inside & (x0 >= 0) & (y0 + 1 < H)
-                ok11 = inside & (x0 + 1 < W) & (y0 + 1 < H)
+                k00, ok00, ok01, ok10, ok11 = _corners(x0, y0, inside, H, W, level_base)
                 dm = d_mask[None, :]
                 base = value_ptr + h * D + ds[None, :]
                 v00 = tl.load(base + k00[:, None] * row, mask=ok00[:, None] & dm, other=0.0)
@@ -129,11 +135,7 @@ if triton is not None:
                 idx = bqh * (L * P) + l * P + p
                 x0, y0, fx, fy, w, inside = _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask,
                                                             H.to(acc_t), W.to(acc_t))
-                ok00 = inside & (x0 >= 0) & (y0 >= 0)
-                ok01 = inside & (x0 + 1 < W) & (y0 >= 0)
-                ok10 = inside & (x0 >= 0) & (y0 + 1 < H)
-                ok11 = inside & (x0 + 1 < W) & (y0 + 1 < H)
-                k00 = level_base + (y0 * W + x0).to(tl.int64)
+                k00, ok00, ok01, ok10, ok11 = _corners(x0, y0, inside, H, W, level_base)
                 k01 = k00 + 1
                 k10 = k00 + W
                 k11 = k10 + 1

@@ -182,6 +182,19 @@ struct Args {
   acc_t* grad_attn;
 };
 
+// The inputs of both passes; the caller sets the outputs it writes.
+template <typename scalar_t, typename acc_t>
+Args<scalar_t, acc_t> input_args(const at::Tensor& value, const at::Tensor& shapes,
+                                 const at::Tensor& starts, const at::Tensor& loc,
+                                 const at::Tensor& attn) {
+  return {read_dims(value, loc),          value.data_ptr<scalar_t>(),
+          shapes.data_ptr<int64_t>(),     starts.data_ptr<int64_t>(),
+          loc.data_ptr<acc_t>(),          attn.data_ptr<acc_t>(),
+          nullptr,                        nullptr,
+          nullptr,                        nullptr,
+          nullptr};
+}
+
 // Output rows bq in [begin, end) (bq = b * Q + q), all heads.
 template <int DC, typename scalar_t, typename acc_t>
 MSDA_CLONES void forward_range(const Args<scalar_t, acc_t>& a, int64_t begin, int64_t end,
@@ -284,17 +297,8 @@ template <typename scalar_t>
 void forward_impl(const at::Tensor& value, const at::Tensor& shapes, const at::Tensor& starts,
                   const at::Tensor& loc, const at::Tensor& attn, at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
-  Args<scalar_t, acc_t> a{read_dims(value, loc),
-                          value.data_ptr<scalar_t>(),
-                          shapes.data_ptr<int64_t>(),
-                          starts.data_ptr<int64_t>(),
-                          loc.data_ptr<acc_t>(),
-                          attn.data_ptr<acc_t>(),
-                          out.data_ptr<scalar_t>(),
-                          nullptr,
-                          nullptr,
-                          nullptr,
-                          nullptr};
+  auto a = input_args<scalar_t, acc_t>(value, shapes, starts, loc, attn);
+  a.out = out.data_ptr<scalar_t>();
   const Dims& d = a.d;
   // About 10 * L * P * NH * D flops per query: chunks of ~256k flops at least.
   const int64_t chunk =
@@ -316,17 +320,11 @@ void backward_impl(const at::Tensor& value, const at::Tensor& shapes, const at::
                    const at::Tensor& loc, const at::Tensor& attn, const at::Tensor& grad_out,
                    at::Tensor& grad_value, at::Tensor& grad_loc, at::Tensor& grad_attn) {
   using acc_t = at::opmath_type<scalar_t>;
-  Args<scalar_t, acc_t> a{read_dims(value, loc),
-                          value.data_ptr<scalar_t>(),
-                          shapes.data_ptr<int64_t>(),
-                          starts.data_ptr<int64_t>(),
-                          loc.data_ptr<acc_t>(),
-                          attn.data_ptr<acc_t>(),
-                          nullptr,
-                          grad_out.data_ptr<scalar_t>(),
-                          grad_value.data_ptr<acc_t>(),
-                          grad_loc.data_ptr<acc_t>(),
-                          grad_attn.data_ptr<acc_t>()};
+  auto a = input_args<scalar_t, acc_t>(value, shapes, starts, loc, attn);
+  a.grad_out = grad_out.data_ptr<scalar_t>();
+  a.grad_value = grad_value.data_ptr<acc_t>();
+  a.grad_loc = grad_loc.data_ptr<acc_t>();
+  a.grad_attn = grad_attn.data_ptr<acc_t>();
   // One task per (batch, head): tasks write disjoint slices of grad_value, grad_loc, grad_attn.
   parallel_chunks(a.d.B * a.d.NH, 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<acc_t> g;
