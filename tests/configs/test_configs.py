@@ -129,8 +129,10 @@ def task(cfg: Config) -> str:
     return 'ins' if any('mask_head' in d for d in walk(cfg.model)) else 'det'
 
 
-def tiny_model_cfg(cfg: Config, size: int = SIZE) -> ConfigDict:
-    """The model config for ``size`` x ``size`` inputs; no checkpoint loading."""
+def tiny_model_cfg(cfg: Config, size: int = SIZE, serve: bool = True) -> ConfigDict:
+    """The model config for ``size`` x ``size`` inputs; with ``serve``, its pretrained
+    checkpoints are served locally (:func:`serve_pretrained`), for ``init_weights``. Without,
+    ``init_cfg`` stays as shipped (building reads no checkpoint)."""
     model = copy.deepcopy(cfg.model)
     if cfg.get('data_preprocessor') and 'data_preprocessor' not in model:
         # as the Runner does (mmpretrain configs set the preprocessor at the top level)
@@ -138,16 +140,72 @@ def tiny_model_cfg(cfg: Config, size: int = SIZE) -> ConfigDict:
     pre = model.get('data_preprocessor') or {}
     if pre.get('size') is not None:
         pre['size'] = (size, size)
-    for d in walk(model):
+    if serve:
+        serve_pretrained(cfg.default_scope, model)
+    return model
+
+
+def pretrained_modules(model_cfg: Any) -> Iterator[dict]:
+    """The module configs inside ``model_cfg`` whose ``init_cfg`` loads a checkpoint."""
+    for d in walk(model_cfg):
         init = d.get('init_cfg')
         if isinstance(init, dict) and init.get('type') == 'Pretrained':
-            d['init_cfg'] = None
-    return model
+            yield d
+
+
+#: checkpoint as the config names it -> (local file, the state dict written there, the module
+#: config it was made for).
+PREPARED: Dict[str, tuple] = {}
+
+
+def serve_pretrained(scope: str, model_cfg: Any) -> None:
+    """Gives each ``Pretrained`` checkpoint of ``model_cfg`` a local source holding seeded random
+    weights of the same module (built once per checkpoint and module config): an ``http(s)://`` URL
+    or ``torchvision://NAME`` is left as the config names it and its file is put in the hub
+    cache under the name the loader looks up there (the session's ``TORCH_HOME``, see
+    ``tests/conftest.py``); a file path is pointed at the prepared file."""
+    from mmengine.runner.checkpoint import get_torchvision_models
+    from crossformer_mm.compat.checkpoint import hub_checkpoint_dir
+    for module in pretrained_modules(model_cfg):
+        name = module['init_cfg']['checkpoint']
+        spec = repr(sorted(dict(module, init_cfg=None).items()))
+        if name not in PREPARED or PREPARED[name][2] != spec:  # first use, or another variant
+            if name.startswith('torchvision://'):
+                url = get_torchvision_models()[name[len('torchvision://'):]]
+            else:
+                url = name
+            folder = Path(hub_checkpoint_dir())
+            folder.mkdir(parents=True, exist_ok=True)
+            file = folder / url.rsplit('/', 1)[-1]
+            with DefaultScope.overwrite_default_scope(scope):
+                torch.manual_seed(len(PREPARED) + 100)
+                source = registry(scope, 'MODELS').build(dict(module, init_cfg=None))
+            state = source.state_dict()
+            torch.save({'state_dict': state}, file)
+            PREPARED[name] = (file, state, spec)
+        if not name.startswith(('http://', 'https://', 'torchvision://')):
+            module['init_cfg'] = dict(module['init_cfg'], checkpoint=str(PREPARED[name][0]))
+
+
+def assert_pretrained_loaded(model: torch.nn.Module, model_cfg: ConfigDict) -> None:
+    """The backbone of ``model`` (after ``init_weights``) holds the weights that
+    :func:`serve_pretrained` prepared for its checkpoint, every parameter and buffer."""
+    modules = list(pretrained_modules(model_cfg))
+    assert all(m == model_cfg.get('backbone') for m in modules), 'only backbones load checkpoints'
+    for module in modules:
+        checkpoint = module['init_cfg']['checkpoint']
+        state = next(state for name, (file, state, _) in PREPARED.items()
+                     if checkpoint in (name, str(file)))
+        own = model.backbone.state_dict()
+        assert set(own) == set(state)
+        for key, value in state.items():
+            assert torch.equal(own[key], value), key
 
 
 def build_model(cfg: Config, model_cfg: Optional[ConfigDict] = None) -> torch.nn.Module:
     if model_cfg is None:
-        model_cfg = tiny_model_cfg(cfg, SIZE if cfg.default_scope == 'mmdet' else 64)
+        model_cfg = tiny_model_cfg(cfg, SIZE if cfg.default_scope == 'mmdet' else 64,
+                                   serve=False)
     model = registry(cfg.default_scope, 'MODELS').build(model_cfg)
     return revert_sync_batchnorm(model)
 
@@ -345,6 +403,7 @@ def test_train_and_test_step_on_demo_data(path: Path, demo_root: Path):
         torch.manual_seed(0)
         model = build_model(cfg, model_cfg)
         model.init_weights()
+        assert_pretrained_loaded(model, model_cfg)
         optim_wrapper = build_optim_wrapper(model, copy.deepcopy(cfg.optim_wrapper))
         model.train()
         train_loader = Runner.build_dataloader(cfg.train_dataloader)

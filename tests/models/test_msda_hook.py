@@ -26,8 +26,9 @@ from crossformer_mm.models.msda import (MMCVMSDeformAttnOnKernels, MSDAKernelHoo
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'tests' / 'configs'))
 sys.path.insert(0, str(ROOT / 'tests' / 'ops'))
-from test_configs import (DEMO_CLASSES, METRIC_KEYS, build_model, demo_data_cfg,  # noqa: E402
-                          fresh, register, set_key, task, tiny_model_cfg)
+from test_configs import (DEMO_CLASSES, METRIC_KEYS, assert_pretrained_loaded,  # noqa: E402
+                          build_model, demo_data_cfg, fresh, register, serve_pretrained, set_key,
+                          task, tiny_model_cfg)
 from test_msda import _module_inputs, _randomise, max_diff  # noqa: E402
 
 TINY_CROSSFORMER = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
@@ -176,16 +177,18 @@ def test_config_switch_same_losses_train_and_test_step(name, demo_root):
     for key in ('train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator',
                 'test_evaluator'):
         cfg[key] = demo[key]
-    model_cfg = tiny_model_cfg(cfg)
+    model_cfg = tiny_model_cfg(cfg, serve=False)
     if kind == 'seg':
         model_cfg.data_preprocessor.size = (128, 128)
     set_key(model_cfg, 'num_classes', DEMO_CLASSES[kind])
     set_key(model_cfg, 'score_thr', 0.0)
     _shrink(cfg, model_cfg)
+    serve_pretrained(scope, model_cfg)
     with DefaultScope.overwrite_default_scope(scope):
         torch.manual_seed(0)
         model = build_model(cfg, model_cfg)
         model.init_weights()
+        assert_pretrained_loaded(model, model_cfg)
         reference = copy.deepcopy(model)
         count = replace_mmcv_msda(model)
         assert (count > 0) == CONFIGS[name]['msda'], count
