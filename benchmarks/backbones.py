@@ -6,6 +6,10 @@ Three families, each a list of (ours, reference) comparisons on the CPU:
   same model and weights with ``set_fused_attn(False)`` (explicit
   ``softmax(q·kᵀ·scale + bias + mask)·v``), and CrossFormer-S against MMDetection's
   ``SwinTransformer`` (Swin-T) for scale.
+  With ``--official DIR`` (a checkout of the official CrossFormer code, branch ``crossformer``,
+  whose ``models/crossformer.py`` needs ``timm``), CrossFormer-T/S are also timed against the
+  official classifier with the same weights (official model built with seed 0, its state dict
+  loaded into ours); the official forward includes its pooling and 1000-class head.
 * ``swin``: ``CFSwinTransformer`` (Swin-T) against MMDetection 3.3.0's ``SwinTransformer`` with
   the same weights (upstream built with seed 0, its state dict converted and loaded into ours).
 * ``vit``: ``CFVisionTransformer`` (ViT-B/16) against MMSegmentation 1.x's ``VisionTransformer``
@@ -27,6 +31,7 @@ Usage:
     python benchmarks/backbones.py --quick                  # smoke run, small shapes
     python benchmarks/backbones.py --threads 2 --no-backward
     python benchmarks/backbones.py --families swin --code . /tmp/older-checkout --rounds 2
+    python benchmarks/backbones.py --families crossformer --official /path/to/CrossFormer
 
 Random weights; CPU only. Compare within one run.
 """
@@ -46,7 +51,7 @@ SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), wind
 VIT_B = dict(img_size=224, patch_size=16, embed_dims=768, num_layers=12, num_heads=12,
              out_indices=(3, 5, 7, 11), with_cls_token=True, final_norm=True)
 FAMILIES = ('crossformer', 'swin', 'vit')
-UPSTREAM = ('swin-t-mmdet', 'vit-mmseg')
+UPSTREAM = ('swin-t-mmdet', 'vit-mmseg', 'crossformer-t-official', 'crossformer-s-official')
 # comparisons: family -> list of (ours, reference) model names
 PAIRS = {
     'crossformer': [('crossformer-t', 'crossformer-t-explicit'),
@@ -60,13 +65,21 @@ PAIRS = {
 def build(name: str, weights: Optional[str]):
     """A backbone by benchmark name; Swin/ViT models load the shared upstream weights."""
     import torch
+    sd = torch.load(weights, map_location='cpu', weights_only=True) if weights else None
+    if name.endswith('-official'):
+        return build_official(name.split('-')[1], sd)
     if name.startswith('crossformer'):
         from crossformer_mm.models.backbones.crossformer import CrossFormer
         size = name.split('-')[1]
         model = CrossFormer({'t': 'tiny', 's': 'small'}[size], drop_path_rate=0.0)
         model.set_fused_attn(not name.endswith('-explicit'))
+        if sd is not None:  # the official weights (the same call in older checkouts)
+            from crossformer_mm.models.backbones.crossformer import convert_crossformer_checkpoint
+            missing, _ = model.load_state_dict(convert_crossformer_checkpoint(sd), strict=False)
+            missing = [k for k in missing if not k.startswith('norm')]  # our output norms
+            if missing:
+                raise RuntimeError(f'the official weights lack {missing[:3]}...')
         return model
-    sd = torch.load(weights, map_location='cpu', weights_only=True) if weights else None
     if name == 'swin-t-mmdet':
         from mmdet.models.backbones import SwinTransformer
         model = SwinTransformer(**SWIN_T)
@@ -90,17 +103,40 @@ def build(name: str, weights: Optional[str]):
     return model
 
 
+#: The official CrossFormer configurations (configs/{tiny,small}_patch4_group7_224.yaml there).
+OFFICIAL = {
+    't': dict(embed_dim=64, depths=[1, 1, 8, 6], num_heads=[2, 4, 8, 16]),
+    's': dict(embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24]),
+}
+
+
+def build_official(size: str, sd=None):
+    """The official CrossFormer classifier (``OFFICIAL_DIR/models/crossformer.py``)."""
+    sys.path.insert(0, os.environ['OFFICIAL_DIR'])
+    from models.crossformer import CrossFormer as OfficialCrossFormer
+    model = OfficialCrossFormer(img_size=224, patch_size=[4, 8, 16, 32], group_size=[7] * 4,
+                                merge_size=[[2, 4]] * 3, drop_path_rate=0.0, **OFFICIAL[size])
+    if sd is not None:
+        model.load_state_dict(sd)
+    return model
+
+
 def save_upstream_weights(family: str, path: str) -> None:
-    """Random upstream weights (seed 0) that both implementations of a family load."""
+    """Random upstream weights (seed 0) that both implementations of a family load
+    (``family``: ``vit``, ``swin`` or ``crossformer-t`` / ``crossformer-s``, the official
+    code's)."""
     import torch
     torch.manual_seed(0)
-    if family == 'vit':
+    if family.startswith('crossformer'):
+        model = build_official(family.split('-')[1])
+    elif family == 'vit':
         from mmseg.models.backbones import VisionTransformer
         model = VisionTransformer(**VIT_B)
     else:
         from mmdet.models.backbones import SwinTransformer
         model = SwinTransformer(**SWIN_T)
-    model.init_weights()
+    if hasattr(model, 'init_weights'):
+        model.init_weights()
     torch.save(model.state_dict(), path)
 
 
@@ -169,6 +205,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument('--families', nargs='+', default=list(FAMILIES), choices=FAMILIES)
     parser.add_argument('--code', nargs='+', default=[REPO],
                         help='checkouts of this package whose models are measured')
+    parser.add_argument('--official', help='checkout of the official CrossFormer code (branch '
+                        '"crossformer"; needs timm): also compare CrossFormer-T/S with it')
     parser.add_argument('--quick', action='store_true', help='small shapes, 1 timed iteration')
     parser.add_argument('--large', action='store_true',
                         help='also 800×1216 b1 (ViT: 1024² b1)')
@@ -192,6 +230,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     import torch
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.official:
+        # children inherit it: build_official imports the official code from there
+        os.environ['OFFICIAL_DIR'] = os.path.abspath(args.official)
+        if not os.path.isfile(os.path.join(args.official, 'models', 'crossformer.py')):
+            parser.error(f'--official {args.official}: no models/crossformer.py there')
+    pairs = {fam: list(p) for fam, p in PAIRS.items()}
+    if args.official:
+        pairs['crossformer'] += [('crossformer-t', 'crossformer-t-official'),
+                                 ('crossformer-s', 'crossformer-s-official')]
     if args.case:  # child process: one case
         import crossformer_mm  # noqa: F401  (registration)
         print(json.dumps(measure(args.case, args.weights, tuple(args.hw), args.batch,
@@ -208,13 +255,20 @@ def main(argv: Optional[List[str]] = None) -> int:
           'peak MiB ours | peak MiB reference |')
     print('|' + '---|' * 10)
     with tempfile.TemporaryDirectory() as tmp:
+        def weights_of(name: str) -> str:
+            """The shared weights file of a model (written on first use)."""
+            source = ('vit' if name.startswith('vit') else
+                      '-'.join(name.split('-')[:2]) if name.startswith('crossformer') else 'swin')
+            path = os.path.join(tmp, f'{source}.pth')
+            if not os.path.exists(path):
+                save_upstream_weights(source, path)
+            return path
+
         for fam in args.families:
-            weights = None
-            if fam in ('swin', 'vit') or any('swin' in r for _, r in PAIRS[fam]):
-                weights = os.path.join(tmp, f'{"vit" if fam == "vit" else "swin"}.pth')
-                if not os.path.exists(weights):
-                    save_upstream_weights('vit' if fam == 'vit' else 'swin', weights)
-            names = sorted({n for pair in PAIRS[fam] for n in pair})
+            names = sorted({n for pair in pairs[fam] for n in pair})
+            # Swin/ViT: upstream weights; CrossFormer: the official model's, when it runs.
+            weights = {n: weights_of(n) if not n.startswith('crossformer') or args.official
+                       else None for n in names}
             # (code, name) runs: upstream models once, ours from every checkout
             runs = [(codes[0] if n in UPSTREAM else c, n) for n in names
                     for c in (codes[:1] if n in UPSTREAM else codes)]
@@ -223,16 +277,19 @@ def main(argv: Optional[List[str]] = None) -> int:
                     best: Dict[Tuple[str, str], dict] = {}
                     for _ in range(args.rounds):  # alternate, keep the best of each
                         for run in runs:
-                            r = spawn(*run, weights, hw, batch, backward, args.iters,
+                            if run[1].endswith('-official') and hw != (224, 224):
+                                continue  # the official classifier is built for 224² only
+                            r = spawn(*run, weights[run[1]], hw, batch, backward, args.iters,
                                       args.warmup, args.threads)
                             if r and (run not in best or r['img_s'] > best[run]['img_s']):
                                 best[run] = r
                     for run in list(best):
                         r = None if args.no_memory else spawn(
-                            *run, weights, hw, batch, backward, 1, 0, args.threads, memory=True)
+                            *run, weights[run[1]], hw, batch, backward, 1, 0, args.threads,
+                            memory=True)
                         best[run]['peak_mib'] = r['peak_mib'] if r else float('nan')
                     for code in codes:
-                        for ours, ref in PAIRS[fam]:
+                        for ours, ref in pairs[fam]:
                             o = best.get((code, ours))
                             r = best.get((code if ref not in UPSTREAM else codes[0], ref))
                             if o is None or r is None:
