@@ -40,30 +40,38 @@ def triton_available() -> bool:
 if triton is not None:
 
     @triton.jit
-    def _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask, H, W):
-        """Pixel position, validity and attention weight of one sampling point per query."""
+    def _level(shapes_ptr, starts_ptr, l, b, S):
+        """Height, width and first key row (of batch element ``b``) of level ``l``."""
+        H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
+        W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
+        return H, W, (b * S + tl.load(starts_ptr + l)).to(tl.int64)
+
+    @triton.jit
+    def _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask, H, W, level_base):
+        """One sampling point per query: the fractional position ``(fx, fy)`` inside its pixel
+        cell, the attention weight ``w``, whether the point reads anything, the key row of the
+        cell's top-left corner and which of the four corners lie in the level."""
         lx = tl.load(loc_ptr + 2 * idx, mask=q_mask, other=-10.0)
         ly = tl.load(loc_ptr + 2 * idx + 1, mask=q_mask, other=-10.0)
         w = tl.load(attn_ptr + idx, mask=q_mask, other=0.0)
-        x = lx * W - 0.5
-        y = ly * H - 0.5
+        Wf = W.to(lx.dtype)
+        Hf = H.to(lx.dtype)
+        x = lx * Wf - 0.5
+        y = ly * Hf - 0.5
         # NaN fails the comparisons: such points, like those far outside, read nothing.
-        inside = (x > -1.0) & (x < W) & (y > -1.0) & (y < H) & q_mask
+        inside = (x > -1.0) & (x < Wf) & (y > -1.0) & (y < Hf) & q_mask
         x = tl.where(inside, x, -2.0)
         y = tl.where(inside, y, -2.0)
         x0f = tl.floor(x)
         y0f = tl.floor(y)
-        return x0f.to(tl.int32), y0f.to(tl.int32), x - x0f, y - y0f, w, inside
-
-    @triton.jit
-    def _corners(x0, y0, inside, H, W, level_base):
-        """Key index of the top-left corner and which of the four corners lie in the level."""
+        x0 = x0f.to(tl.int32)
+        y0 = y0f.to(tl.int32)
         k00 = level_base + (y0 * W + x0).to(tl.int64)
         ok00 = inside & (x0 >= 0) & (y0 >= 0)
         ok01 = inside & (x0 + 1 < W) & (y0 >= 0)
         ok10 = inside & (x0 >= 0) & (y0 + 1 < H)
         ok11 = inside & (x0 + 1 < W) & (y0 + 1 < H)
-        return k00, ok00, ok01, ok10, ok11
+        return x - x0f, y - y0f, w, inside, k00, ok00, ok01, ok10, ok11
 
     @triton.jit
     def _msda_fwd_kernel(value_ptr, shapes_ptr, starts_ptr, loc_ptr, attn_ptr, out_ptr, S, Q,
@@ -83,15 +91,11 @@ if triton is not None:
         bqh = ((b * Q + qs) * NH + h).to(tl.int64)
         acc = tl.zeros((BLOCK_Q, BLOCK_D), dtype=acc_t)
         for l in range(L):
-            H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
-            W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
-            start = tl.load(starts_ptr + l)
-            level_base = (b * S + start).to(tl.int64)
+            H, W, level_base = _level(shapes_ptr, starts_ptr, l, b, S)
             for p in range(P):
                 idx = bqh * (L * P) + l * P + p
-                x0, y0, fx, fy, w, inside = _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask,
-                                                            H.to(acc_t), W.to(acc_t))
-                k00, ok00, ok01, ok10, ok11 = _corners(x0, y0, inside, H, W, level_base)
+                fx, fy, w, inside, k00, ok00, ok01, ok10, ok11 = _bilinear_setup(
+                    loc_ptr, attn_ptr, idx, q_mask, H, W, level_base)
                 dm = d_mask[None, :]
                 base = value_ptr + h * D + ds[None, :]
                 v00 = tl.load(base + k00[:, None] * row, mask=ok00[:, None] & dm, other=0.0)
@@ -127,15 +131,11 @@ if triton is not None:
         row = NH * D
         bqh = ((b * Q + qs) * NH + h).to(tl.int64)
         for l in range(L):
-            H = tl.load(shapes_ptr + 2 * l).to(tl.int32)
-            W = tl.load(shapes_ptr + 2 * l + 1).to(tl.int32)
-            start = tl.load(starts_ptr + l)
-            level_base = (b * S + start).to(tl.int64)
+            H, W, level_base = _level(shapes_ptr, starts_ptr, l, b, S)
             for p in range(P):
                 idx = bqh * (L * P) + l * P + p
-                x0, y0, fx, fy, w, inside = _bilinear_setup(loc_ptr, attn_ptr, idx, q_mask,
-                                                            H.to(acc_t), W.to(acc_t))
-                k00, ok00, ok01, ok10, ok11 = _corners(x0, y0, inside, H, W, level_base)
+                fx, fy, w, inside, k00, ok00, ok01, ok10, ok11 = _bilinear_setup(
+                    loc_ptr, attn_ptr, idx, q_mask, H, W, level_base)
                 k01 = k00 + 1
                 k10 = k00 + W
                 k11 = k10 + 1
