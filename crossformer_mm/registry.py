@@ -6,7 +6,7 @@ package uses, so a config written for any of the three finds them by ``type`` wi
 prefix. ``mmpretrain.registry`` imports without torchvision; ``mmpretrain.models`` does not, so only
 the registry is touched here.
 """
-from typing import Callable, Sequence, Type, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.registry import Registry

@@ -4,8 +4,8 @@ ImageNet-style shape classification set).
     python tools/make_demo_data.py [--out data] [--num-train 400] [--num-val 100] [--size 256]
                                    [--seed 0] [--only coco|ade|cls] [--force]
 
-Writes ``OUT/demo_coco``, ``OUT/demo_ade`` and ``OUT/demo_cls``. Deterministic for given arguments; a dataset already
-generated with the same arguments is left alone unless ``--force``.
+Writes ``OUT/demo_coco``, ``OUT/demo_ade`` and ``OUT/demo_cls``. Deterministic for given
+arguments; a dataset already generated with the same arguments is left alone unless ``--force``.
 """
 import argparse
 import time

@@ -51,7 +51,8 @@ def main() -> None:
         cfg.optim_wrapper.loss_scale = 'dynamic'
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
-            raise RuntimeError('--auto-scale-lr needs `auto_scale_lr.base_batch_size` in the config')
+            raise RuntimeError(
+                '--auto-scale-lr needs `auto_scale_lr.base_batch_size` in the config')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
         # The newest complete checkpoint: never a torn file left by a killed save.

@@ -12,7 +12,8 @@
       custom_hooks = [dict(type='MSDAKernelHook')]
 
 The switch changes the class of each module to :class:`MMCVMSDeformAttnOnKernels`, a subclass of
-mmcv's class whose ``forward`` is :meth:`MSDeformAttn.forward <crossformer_mm.ops.MSDeformAttn.forward>`:
+mmcv's class whose ``forward`` is
+:meth:`MSDeformAttn.forward <crossformer_mm.ops.MSDeformAttn.forward>`:
 parameters (the same objects, so an optimizer or DDP wrapper built before keeps working),
 buffers, hooks, state-dict keys, ``init_weights`` and ``isinstance`` checks are all unchanged;
 only the attention is computed by the package's op (C++ on the CPU, Triton on CUDA) instead of

@@ -21,7 +21,7 @@ import functools
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, List, Optional
 
 import pytest
 import torch

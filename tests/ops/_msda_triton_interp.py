@@ -1,7 +1,8 @@
 """Runs the Triton MSDA kernels through Triton's interpreter on CPU tensors and compares them with
 the reference (forward, backward with atomics, and the deterministic backward: equal to the
-reference and bit-identical over two runs). Executed in a subprocess by ``test_msda_triton.py``, since
-``TRITON_INTERPRET`` must be set before triton is imported; exits non-zero on a mismatch."""
+reference and bit-identical over two runs). Executed in a subprocess by
+``test_msda_triton.py``, since ``TRITON_INTERPRET`` must be set before triton is imported;
+exits non-zero on a mismatch."""
 import os
 import sys
 

@@ -261,8 +261,9 @@ class BackboneBase(BaseModule):
         select the backbone's entries (:func:`backbone_state_dict`: ``prefix``, default
         ``'backbone.'`` when the checkpoint has such keys), convert the key names
         (:meth:`convert_checkpoint`), fit them to the model (:meth:`_adapt_checkpoint`) and load
-        them (:func:`load_checked_state_dict`). The family functions ``load_crossformer_checkpoint``,
-        ``load_swin_checkpoint`` and ``load_vit_checkpoint`` are this method
+        them (:func:`load_checked_state_dict`). The family functions
+        ``load_crossformer_checkpoint``, ``load_swin_checkpoint`` and ``load_vit_checkpoint`` are
+        this method
         (``load_swin_checkpoint(model, ...)`` = ``model.load_pretrained(...)``).
 
         Args:

@@ -255,8 +255,8 @@ class CrossFormer(BackboneBase):
 
     Args:
         arch: A name of :attr:`arch_zoo` (``tiny``/``t``, ``small``/``s``, ``base``/``b``,
-            ``large``/``l``, ``pp-small``/``pp-s``, ``pp-base``, ``pp-large``, ``pp-huge``) or a dict
-            with ``embed_dim``, ``depths``, ``num_heads`` and optionally ``group_size``,
+            ``large``/``l``, ``pp-small``/``pp-s``, ``pp-base``, ``pp-large``, ``pp-huge``) or a
+            dict with ``embed_dim``, ``depths``, ``num_heads`` and optionally ``group_size``,
             ``interval``, ``use_acl``, ``lda_mode``, ``drop_path_rate``.
         in_channels: Image channels.
         patch_kernels: Kernel sizes of the cross-scale embedding (stride 4).
@@ -431,8 +431,8 @@ def convert_crossformer_checkpoint(checkpoint: Mapping[str, Any],
 
 
 #: Load a checkpoint of any supported layout into a :class:`CrossFormer`:
-#: ``load_crossformer_checkpoint(model, checkpoint, strict=False, prefix=None, strict_structure=True,
-#: logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
+#: ``load_crossformer_checkpoint(model, checkpoint, strict=False, prefix=None,
+#: strict_structure=True, logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
 load_crossformer_checkpoint = CrossFormer.load_pretrained
 
 

@@ -457,7 +457,8 @@ def convert_vit_checkpoint(checkpoint: Mapping[str, Any],
     timm / DeiT / MAE (``blocks.i.attn.qkv``, ``patch_embed.proj``, ``pos_embed``, ``cls_token``,
     ``norm``, ``fc_norm``, ``head``); MMSegmentation (``layers.i.ln1``,
     ``attn.attn.in_proj_weight``, ``attn.attn.out_proj``, ``ffn.layers.0.0``, ``ffn.layers.1``,
-    ``patch_embed.projection``, final ``ln1``; a missing patch bias becomes zeros); MMPretrain (``layers.i.attn.qkv``, final ``ln1``,
+    ``patch_embed.projection``, final ``ln1``; a missing patch bias becomes zeros); MMPretrain
+    (``layers.i.attn.qkv``, final ``ln1``,
     ``pre_norm``, ``ln2`` → ``fc_norm``). The backbone's entries are selected by
     :func:`~.base.backbone_state_dict` (``prefix``, by default the ``backbone.`` entries of
     whole-model checkpoints). The position embedding is returned as it is; loading adapts its grid

@@ -4,8 +4,9 @@
 <https://arxiv.org/abs/2010.04159>`_ (Zhu et al., ICLR 2021). Subclasses MMDetection 3.3.0's
 ``DeformableDETR`` (``mmdet/models/detectors/deformable_detr.py``): same config keys, same state
 dict, same outputs; MMDetection builds the transformer, whose attention modules are then replaced
-by :class:`crossformer_mm.ops.MSDeformAttn` and SDPA (:mod:`crossformer_mm.models.layers.detr_layers`,
-:class:`~.utils.DETRFamilyMixin`), and inconsistent configs fail at build time.
+by :class:`crossformer_mm.ops.MSDeformAttn` and SDPA
+(:mod:`crossformer_mm.models.layers.detr_layers`, :class:`~.utils.DETRFamilyMixin`), and
+inconsistent configs fail at build time.
 """
 from typing import Dict, Optional, Tuple
 

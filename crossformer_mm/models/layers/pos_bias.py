@@ -1,8 +1,8 @@
 """Relative position biases for grouped attention.
 
 * :class:`DynamicPosBias` — CrossFormer's dynamic position bias (DPB, Wang et al., ICLR 2022,
-  official code ``cheerss/CrossFormer``): an MLP maps every relative offset ``(Δh, Δw)`` of a group to
-  one bias per head, so one module serves any group size (plain and residual forms).
+  official code ``cheerss/CrossFormer``): an MLP maps every relative offset ``(Δh, Δw)`` of a
+  group to one bias per head, so one module serves any group size (plain and residual forms).
 * :class:`RelativePositionBias` — Swin's learned table (Liu et al., ICCV 2021) of
   ``(2Wh−1)(2Ww−1)`` biases per head for a fixed window, indexed by relative offset.
 
@@ -57,9 +57,9 @@ def relative_position_index(group_size: IntPair,
 class DynamicPosBias(nn.Module):
     """CrossFormer's dynamic position bias: ``(Δh, Δw) → heads`` biases through a small MLP.
 
-    ``pos_proj: Linear(2→p)``, then ``pos1``, ``pos2``, ``pos3`` = ``[LayerNorm, ReLU, Linear]``, the
-    last to ``num_heads``; parameter names are the official ones (``pos1.0`` is the LayerNorm,
-    ``pos1.2`` the Linear).
+    ``pos_proj: Linear(2→p)``, then ``pos1``, ``pos2``, ``pos3`` = ``[LayerNorm, ReLU,
+    Linear]``, the last to ``num_heads``; parameter names are the official ones (``pos1.0`` is
+    the LayerNorm, ``pos1.2`` the Linear).
 
     Args:
         pos_dim: Hidden width ``p`` (CrossFormer uses ``(dim // 4) // 4``).
