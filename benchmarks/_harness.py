@@ -7,6 +7,8 @@
   process can measure several blocks one after the other.
 * :func:`run_case`: runs one case in a fresh Python process and returns the JSON dict it prints
   last, so that no case inherits another's allocator state, caches or peak.
+* :data:`ISA_ENV`: environments for :func:`run_case` that limit the kernels to an instruction
+  set (e.g. AVX2 on an AVX-512 CPU); :func:`cpu_description` names the CPU for the tables.
 
 On the CPU the resident set also holds memory the allocator keeps after tensors are freed. A
 case whose memory matters is therefore measured in its own process started with
@@ -26,6 +28,34 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 #: Environment for memory runs on the CPU: the RSS follows the live tensors.
 MEMORY_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536'}
+
+#: Environments that limit the instruction set of torch's own kernels (``ATEN_CPU_CAPABILITY``),
+#: oneDNN (``ONEDNN_MAX_CPU_ISA``) and MKL (``MKL_ENABLE_INSTRUCTIONS``) in a fresh process:
+#: ``avx2`` runs the code paths a CPU without AVX-512 takes (on this CPU's cores, clock and
+#: caches), ``native`` whatever the CPU has.
+ISA_ENV = {
+    'native': {},
+    'avx2': {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2',
+             'MKL_ENABLE_INSTRUCTIONS': 'AVX2'},
+}
+
+
+def cpu_description() -> str:
+    """The CPU model and its AVX2 / AVX-512 flags, from ``/proc/cpuinfo``."""
+    model, flags = 'unknown CPU', set()
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                key, _, value = line.partition(':')
+                if key.strip() == 'model name':
+                    model = value.strip()
+                elif key.strip() == 'flags':
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    isa = [f for f in ('avx2', 'avx512f', 'avx512_vnni', 'amx_tile') if f in flags]
+    return f'{model}, {os.cpu_count()} CPUs, flags: {" ".join(isa) or "no AVX2"}'
 
 
 def time_fn(fn: Callable[[], object], iters: int, warmup: int = 1,
@@ -123,4 +153,4 @@ def run_case(argv: List[str], env: Optional[Dict[str, str]] = None,
     return json.loads(lines[-1])
 
 
-__all__ = ['MEMORY_ENV', 'time_fn', 'peak_memory', 'run_case']
+__all__ = ['ISA_ENV', 'MEMORY_ENV', 'cpu_description', 'time_fn', 'peak_memory', 'run_case']

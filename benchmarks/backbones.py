@@ -16,34 +16,41 @@ Three families, each a list of (ours, reference) comparisons on the CPU:
   with the same weights; 1024² is the dense-prediction case (all patch tokens, position
   embedding resized from the 14×14 grid).
 
+``--isa native avx2`` runs every comparison twice, the second time with the kernels of torch,
+oneDNN and MKL limited to AVX2 (``_harness.ISA_ENV``): the code paths of a CPU without AVX-512,
+side by side with this CPU's own in one run.
+
 Inputs: 224² batch 8 and, with ``--large``, 800×1216 batch 1 (ViT: 1024² batch 1); forward and
 forward+backward (``--no-backward``: forward only).
 
 ``--code`` takes one or more checkouts of this package (default: this one); our models are built
 from each, so that two versions are compared in one run (e.g. a worktree of an older commit,
-with its native extension built). Every measurement runs in its own process
-(``_harness.run_case``); the models of a comparison alternate ``--rounds`` times and the best of
-each is kept. Timings: ``_harness.time_fn`` with the default allocator. Memory: the peak growth
-during one step after a warm-up step (``_harness.peak_memory``), in a separate untimed process
-started with ``_harness.MEMORY_ENV`` (``--no-memory`` skips it).
+with its native extension built). Each comparison is timed in its own fresh process
+(``_harness.run_case``) that builds both models, warms both up and lets them take turns
+``--rounds`` times (``--iters`` timed calls each turn, ``_harness.time_fn``, default allocator),
+keeping the best call of each: the two models see the same process and the same machine load.
+Memory: the peak growth during one step after a warm-up step (``_harness.peak_memory``), one
+model per untimed process started with ``_harness.MEMORY_ENV`` (``--no-memory`` skips it).
 
 Usage:
     python benchmarks/backbones.py --quick                  # smoke run, small shapes
     python benchmarks/backbones.py --threads 2 --no-backward
-    python benchmarks/backbones.py --families swin --code . /tmp/older-checkout --rounds 2
+    python benchmarks/backbones.py --families swin --code . /tmp/older-checkout --rounds 5
     python benchmarks/backbones.py --families crossformer --official /path/to/CrossFormer
+    python benchmarks/backbones.py --isa native avx2 --no-backward
 
 Random weights; CPU only. Compare within one run.
 """
 import argparse
+import itertools
 import json
 import os
 import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from _harness import MEMORY_ENV, peak_memory, run_case, time_fn
+from _harness import ISA_ENV, MEMORY_ENV, cpu_description, peak_memory, run_case, time_fn
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
@@ -140,13 +147,9 @@ def save_upstream_weights(family: str, path: str) -> None:
     torch.save(model.state_dict(), path)
 
 
-def measure(name: str, weights: Optional[str], hw: Tuple[int, int], batch: int,
-            backward: bool, iters: int, warmup: int, memory: bool) -> Dict[str, float]:
-    """One case in this process: timing (``memory=False``) or the peak memory of one step."""
+def _step(model, x, backward: bool) -> Callable[[], None]:
+    """One forward (no grad) or forward+backward of ``model`` on ``x``."""
     import torch
-    model = build(name, weights)
-    model.train(backward)  # mmdet's SwinTransformer.train returns None
-    x = torch.randn(batch, 3, *hw, generator=torch.Generator().manual_seed(1))
 
     def step() -> None:
         if backward:
@@ -157,25 +160,61 @@ def measure(name: str, weights: Optional[str], hw: Tuple[int, int], batch: int,
             with torch.no_grad():
                 model(x)
 
+    return step
+
+
+def measure(names: Sequence[str], weights: Sequence[Optional[str]], hw: Tuple[int, int],
+            batch: int, backward: bool, iters: int, warmup: int, rounds: int,
+            memory: bool) -> Dict[str, Dict[str, float]]:
+    """One case in this process, for each model of ``names``: timing or peak memory.
+
+    Timing (``memory=False``): all models are built, each is warmed up, then they take turns
+    ``rounds`` times (``iters`` timed calls each turn) and the best call of each is kept, so that
+    the models of a comparison see the same process and the same machine load. Memory: the peak
+    growth of one step after a warm-up step (one model per process gives the cleanest figure).
+    """
+    import torch
+    x = torch.randn(batch, 3, *hw, generator=torch.Generator().manual_seed(1))
+    steps = {}
+    for name, w in zip(names, weights):
+        model = build(name, w)
+        model.train(backward)  # mmdet's SwinTransformer.train returns None
+        steps[name] = _step(model, x, backward)
     if memory:
-        step()
-        with peak_memory() as mem:
+        out = {}
+        for name, step in steps.items():
             step()
-        return dict(peak_mib=mem.peak_mib)
-    t = time_fn(step, iters, warmup)
-    return dict(img_s=batch / t['best_s'], **t)
+            with peak_memory() as mem:
+                step()
+            out[name] = dict(peak_mib=mem.peak_mib)
+        return out
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    best: Dict[str, Dict[str, float]] = {}
+    for _ in range(rounds):
+        for name, step in steps.items():
+            t = time_fn(step, iters, warmup=0)
+            if name not in best or t['best_s'] < best[name]['best_s']:
+                best[name] = dict(img_s=batch / t['best_s'],
+                                  capability=torch.backends.cpu.get_cpu_capability(), **t)
+    return best
 
 
-def spawn(code: str, name: str, weights: Optional[str], hw: Tuple[int, int], batch: int,
-          backward: bool, iters: int, warmup: int, threads: int,
-          memory: bool = False) -> Optional[dict]:
-    argv = [os.path.abspath(__file__), '--case', name, '--code', code, '--hw', str(hw[0]),
+def spawn(code: str, names: Sequence[str], weights: Sequence[Optional[str]],
+          hw: Tuple[int, int], batch: int, backward: bool, iters: int, warmup: int,
+          rounds: int, threads: int, memory: bool = False,
+          isa: str = 'native') -> Optional[dict]:
+    """:func:`measure` in a fresh process whose ``crossformer_mm`` is the one of ``code``, its
+    kernels limited to the instruction set ``isa`` (:data:`_harness.ISA_ENV`)."""
+    argv = [os.path.abspath(__file__), '--case', *names, '--code', code, '--hw', str(hw[0]),
             str(hw[1]), '--batch', str(batch), '--iters', str(iters), '--warmup', str(warmup),
-            '--threads', str(threads)]
-    argv += ['--weights', weights] if weights else []
+            '--rounds', str(rounds), '--threads', str(threads),
+            '--weights', *[w or 'none' for w in weights]]
     argv += ['--backward'] if backward else []
     argv += ['--memory'] if memory else []
-    return run_case(argv, env=MEMORY_ENV if memory else None, cwd=code)
+    env = dict(ISA_ENV[isa], **(MEMORY_ENV if memory else {}))
+    return run_case(argv, env=env, cwd=code)
 
 
 def code_label(code: str) -> str:
@@ -212,14 +251,18 @@ def main(argv: Optional[List[str]] = None) -> int:
                         help='also 800×1216 b1 (ViT: 1024² b1)')
     parser.add_argument('--iters', type=int, default=3, help='timed iterations')
     parser.add_argument('--warmup', type=int, default=1)
-    parser.add_argument('--rounds', type=int, default=1,
-                        help='alternate the models this many times (separate processes) and '
-                        'keep the best of each')
+    parser.add_argument('--rounds', type=int, default=3,
+                        help='the two models of a comparison take turns this many times in '
+                        'one process; the best call of each is kept')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
+    parser.add_argument('--isa', nargs='+', default=['native'], choices=sorted(ISA_ENV),
+                        help='run every comparison with the kernels of torch, oneDNN and MKL '
+                        'limited to each of these instruction sets (avx2: what a CPU without '
+                        'AVX-512 runs)')
     parser.add_argument('--no-backward', action='store_true', help='forward only')
     parser.add_argument('--no-memory', action='store_true', help='skip the memory runs')
-    parser.add_argument('--case', help=argparse.SUPPRESS)
-    parser.add_argument('--weights', help=argparse.SUPPRESS)
+    parser.add_argument('--case', nargs='+', help=argparse.SUPPRESS)
+    parser.add_argument('--weights', nargs='+', help=argparse.SUPPRESS)
     parser.add_argument('--hw', type=int, nargs=2, help=argparse.SUPPRESS)
     parser.add_argument('--batch', type=int, help=argparse.SUPPRESS)
     parser.add_argument('--backward', action='store_true', help=argparse.SUPPRESS)
@@ -241,8 +284,10 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  ('crossformer-s', 'crossformer-s-official')]
     if args.case:  # child process: one case
         import crossformer_mm  # noqa: F401  (registration)
-        print(json.dumps(measure(args.case, args.weights, tuple(args.hw), args.batch,
-                                 args.backward, args.iters, args.warmup, args.memory)))
+        weights = [None if w == 'none' else w for w in args.weights]
+        print(json.dumps(measure(args.case, weights, tuple(args.hw), args.batch,
+                                 args.backward, args.iters, args.warmup, args.rounds,
+                                 args.memory)))
         return 0
     if args.quick:
         args.iters = 1
@@ -251,9 +296,10 @@ def main(argv: Optional[List[str]] = None) -> int:
           f'{args.threads or torch.get_num_threads()}, warmup {args.warmup}, best of '
           f'{args.iters} timed iterations x {args.rounds} round(s), code '
           f'{", ".join(labels.values())}, load average {os.getloadavg()[0]:.1f}')
-    print('| code | ours | reference | input | pass | ours img/s | reference img/s | speed-up | '
-          'peak MiB ours | peak MiB reference |')
-    print('|' + '---|' * 10)
+    print(f'CPU: {cpu_description()}')
+    print('| code | ISA | ours | reference | input | pass | ours img/s | reference img/s | '
+          'speed-up | peak MiB ours | peak MiB reference |')
+    print('|' + '---|' * 11)
     with tempfile.TemporaryDirectory() as tmp:
         def weights_of(name: str) -> str:
             """The shared weights file of a model (written on first use)."""
@@ -269,35 +315,36 @@ def main(argv: Optional[List[str]] = None) -> int:
             # Swin/ViT: upstream weights; CrossFormer: the official model's, when it runs.
             weights = {n: weights_of(n) if not n.startswith('crossformer') or args.official
                        else None for n in names}
-            # (code, name) runs: upstream models once, ours from every checkout
-            runs = [(codes[0] if n in UPSTREAM else c, n) for n in names
-                    for c in (codes[:1] if n in UPSTREAM else codes)]
             for hw, batch in plans(fam, args.quick, args.large):
                 for backward in (False, ) if args.no_backward else (False, True):
-                    best: Dict[Tuple[str, str], dict] = {}
-                    for _ in range(args.rounds):  # alternate, keep the best of each
-                        for run in runs:
-                            if run[1].endswith('-official') and hw != (224, 224):
-                                continue  # the official classifier is built for 224² only
-                            r = spawn(*run, weights[run[1]], hw, batch, backward, args.iters,
-                                      args.warmup, args.threads)
-                            if r and (run not in best or r['img_s'] > best[run]['img_s']):
-                                best[run] = r
-                    for run in list(best):
-                        r = None if args.no_memory else spawn(
-                            *run, weights[run[1]], hw, batch, backward, 1, 0, args.threads,
-                            memory=True)
-                        best[run]['peak_mib'] = r['peak_mib'] if r else float('nan')
-                    for code in codes:
-                        for ours, ref in pairs[fam]:
-                            o = best.get((code, ours))
-                            r = best.get((code if ref not in UPSTREAM else codes[0], ref))
-                            if o is None or r is None:
-                                continue
-                            print(f'| {labels[code]} | {ours} | {ref} | {hw[0]}×{hw[1]} b{batch}'
-                                  f' | {"fwd+bwd" if backward else "fwd"} | {o["img_s"]:.3f} | '
-                                  f'{r["img_s"]:.3f} | {o["img_s"] / r["img_s"]:.2f}× | '
-                                  f'{o["peak_mib"]:.0f} | {r["peak_mib"]:.0f} |', flush=True)
+                    peak: Dict[Tuple[str, str], float] = {}
+                    for isa, code, (ours, ref) in itertools.product(args.isa, codes,
+                                                                     pairs[fam]):
+                        if ref.endswith('-official') and hw != (224, 224):
+                            continue  # the official classifier is built for 224² only
+                        pair = (ours, ref)
+                        r = spawn(code, pair, [weights[n] for n in pair], hw, batch, backward,
+                                  args.iters, args.warmup, args.rounds, args.threads, isa=isa)
+                        if r is None:
+                            continue
+                        for name in pair:  # peak memory: one model per process, once
+                            run = (codes[0] if name in UPSTREAM else code, name)
+                            if run not in peak:
+                                m = None if args.no_memory else spawn(
+                                    run[0], [name], [weights[name]], hw, batch, backward, 1, 0,
+                                    1, args.threads, memory=True)
+                                peak[run] = m[name]['peak_mib'] if m else float('nan')
+                        o, f = r[ours], r[ref]
+                        if isa != 'native' and o['capability'] != isa.upper():
+                            print(f'  warning: --isa {isa} ran with torch kernels '
+                                  f'{o["capability"]}', file=sys.stderr)
+                        po = peak[(code, ours)]
+                        pr = peak[(codes[0] if ref in UPSTREAM else code, ref)]
+                        print(f'| {labels[code]} | {isa} | {ours} | {ref} | {hw[0]}×{hw[1]} '
+                              f'b{batch} | {"fwd+bwd" if backward else "fwd"} | '
+                              f'{o["img_s"]:.3f} | {f["img_s"]:.3f} | '
+                              f'{o["img_s"] / f["img_s"]:.2f}× | {po:.0f} | {pr:.0f} |',
+                              flush=True)
     return 0
 
 
