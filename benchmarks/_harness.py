@@ -1,10 +1,13 @@
-"""The timing and memory harness of every benchmark in this folder.
+"""The timing and memory harness of every benchmark in this folder (and of
+``tools/analysis_tools/compare.py``'s peak memory).
 
-* :func:`time_fn`: best and median wall time of repeated calls after warm-up calls.
+* :func:`time_fn`: best and median time of repeated calls after warm-up calls, with every call's
+  wall and CPU time; wall clock (after an optional ``sync``) or CUDA events.
 * :func:`peak_memory`: the peak memory growth of a block of code. On CUDA it is the growth of
   ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's peak resident set
   (``VmHWM``, reset to the current RSS through ``/proc/self/clear_refs`` on entry), so that one
-  process can measure several blocks one after the other.
+  process can measure several blocks one after the other. The memory at entry is kept too, for
+  the absolute peak.
 * :func:`run_case`: runs one case in a fresh Python process and returns the JSON dict it prints
   last, so that no case inherits another's allocator state, caches or peak.
 * :data:`ISA_ENV`: environments for :func:`run_case` that limit the kernels to an instruction
@@ -15,6 +18,11 @@ case whose memory matters is therefore measured in its own process started with
 :data:`MEMORY_ENV` (glibc maps every block above 64 KiB on its own and returns it when freed, so
 that the RSS follows the live tensors), and timed in another process with the default allocator
 (mapping every block slows the timed code down).
+
+The module needs the standard library and torch only (imported when first needed) and imports
+nothing from ``crossformer_mm``, so that a benchmark can import the package from another
+checkout after importing this module (``backbones.py --code``) and run where the MM packages are
+missing (``gpu_suite.py``).
 """
 import gc
 import json
@@ -24,7 +32,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional
 
 #: Environment for memory runs on the CPU: the RSS follows the live tensors.
 MEMORY_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536'}
@@ -59,7 +67,8 @@ def cpu_description() -> str:
 
 
 def time_fn(fn: Callable[[], object], iters: int, warmup: int = 1,
-            sync: Optional[Callable[[], None]] = None) -> Dict[str, float]:
+            sync: Optional[Callable[[], None]] = None,
+            cuda_events: bool = False) -> Dict[str, Any]:
     """Times ``iters`` calls of ``fn`` after ``warmup`` untimed ones.
 
     Args:
@@ -68,24 +77,43 @@ def time_fn(fn: Callable[[], object], iters: int, warmup: int = 1,
         warmup: Untimed calls first.
         sync: Called after each call before the clock stops (``torch.cuda.synchronize`` for
             GPU code).
+        cuda_events: Time each call on the GPU with a pair of CUDA events recorded around it
+            (the time between them on the current stream, without the host's launch and
+            ``sync`` latency) instead of the wall clock. Needs ``sync`` to wait for the end
+            event.
 
     Returns:
-        ``best_s``, ``median_s`` (seconds) and ``iters``.
+        ``best_s``, ``median_s`` (seconds), ``iters``, and per call ``times_s`` (the timed
+        seconds, in call order) and ``cpu_s`` (this process's CPU seconds, all threads,
+        ``time.process_time``).
     """
     if iters < 1:
         raise ValueError(f'iters must be >= 1, got {iters}')
+    if cuda_events and sync is None:
+        raise ValueError('cuda_events=True needs sync (torch.cuda.synchronize)')
     for _ in range(warmup):
         fn()
         if sync is not None:
             sync()
     times: List[float] = []
+    cpu: List[float] = []
     for _ in range(iters):
-        t0 = time.perf_counter()
+        if cuda_events:
+            import torch
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            start.record()
+        t0, c0 = time.perf_counter(), time.process_time()
         fn()
+        if cuda_events:
+            end.record()
         if sync is not None:
             sync()
-        times.append(time.perf_counter() - t0)
-    return dict(best_s=min(times), median_s=statistics.median(times), iters=iters)
+        wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
+        times.append(start.elapsed_time(end) / 1e3 if cuda_events else wall)
+        cpu.append(cpu_s)
+    return dict(best_s=min(times), median_s=statistics.median(times), iters=iters,
+                times_s=times, cpu_s=cpu)
 
 
 def _status_bytes(field: str) -> int:
@@ -98,16 +126,26 @@ def _status_bytes(field: str) -> int:
 
 
 class MemoryResult:
-    """Result of :func:`peak_memory`: ``peak_mib`` is set when the block ends."""
+    """Result of :func:`peak_memory`.
+
+    Attributes:
+        device: The device measured.
+        base_mib: The memory at entry (CPU: ``VmRSS``; CUDA: ``memory_allocated``), so that
+            ``base_mib + peak_mib`` is the absolute peak during the block.
+        peak_mib: The peak growth over ``base_mib``, set when the block ends.
+    """
 
     def __init__(self, device: str) -> None:
         self.device = device
+        self.base_mib = float('nan')
         self.peak_mib = float('nan')
 
 
 @contextmanager
 def peak_memory(device: str = 'cpu') -> Iterator[MemoryResult]:
     """Measures the peak memory growth (MiB) of the ``with`` block on ``device``.
+
+    The memory at entry is ``base_mib`` of the result (see :class:`MemoryResult`).
 
     Example::
 
@@ -126,6 +164,7 @@ def peak_memory(device: str = 'cpu') -> Iterator[MemoryResult]:
         with open('/proc/self/clear_refs', 'w') as f:
             f.write('5')  # VmHWM := VmRSS
         base = _status_bytes('VmRSS')
+    result.base_mib = base / 2 ** 20
     yield result
     if device.startswith('cuda'):
         torch.cuda.synchronize()

@@ -5,8 +5,11 @@ Builds mmdet 3.3.0's ``DeformableDETR`` (mmcv's MSDA: grid_sample fallback on th
 same config (the COCO R50 config: 6+6 layers, 256 dims, 300 queries), with the same weights, and
 times one training iteration (forward + losses + backward + AdamW step) and one inference on one
 image, then prints the ratios and the peak memory. The two implementations are timed in one
-process, alternating step by step, so that both see the same machine load; the peak resident
-memory of one step of each is read (``VmHWM``) in a fresh process.
+process, alternating step by step (one ``_harness.time_fn`` call per step: wall and CPU time),
+so that both see the same machine load, after one warm-up step each. The peak resident memory of
+the first step of each runs in a fresh process (``_harness.run_case``): the RSS before the step
+plus the peak growth during it (``_harness.peak_memory``: ``VmHWM`` reset through
+``/proc/self/clear_refs``), i.e. the process's peak RSS during the step, model included.
 
     python benchmarks/detectors.py [--size 512 853] [--variant plain|refine|twostage]
                                    [--repeat 2] [--threads 1] [--modes train infer] [--no-memory]
@@ -18,11 +21,11 @@ import argparse
 import copy
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import time
-from typing import Dict, List
+from typing import Dict, List, Tuple
+
+from _harness import peak_memory, run_case, time_fn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
@@ -99,28 +102,18 @@ def make_step(model, mode: str, inputs, samples):
     return step
 
 
-def _status_mb(field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process in MB. ``VmHWM`` (the peak) belongs to the process
-    image: unlike ``getrusage``'s ``ru_maxrss`` it does not inherit the parent's peak across
-    fork and exec."""
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f'{field} not in /proc/self/status')
-
-
 def memory_worker(impl: str, mode: str, variant: str, h: int, w: int, threads: int,
                   weights: str) -> Dict[str, float]:
-    """Peak resident memory of one step in a fresh process (``VmHWM``)."""
+    """Peak resident memory (MiB) of one step in this (fresh) process: ``peak_rss_mb``, the
+    process's peak RSS during the step, and ``peak_over_model_mb``, its growth over the RSS
+    right before the step (model and batch built)."""
     import torch
     torch.set_num_threads(threads)
     model = build(impl, variant, weights)
     step = make_step(model, mode, *make_batch(h, w))
-    base = _status_mb('VmRSS')
-    step()
-    peak = _status_mb('VmHWM')
-    return dict(peak_rss_mb=peak, peak_over_model_mb=peak - base)
+    with peak_memory() as mem:
+        step()
+    return dict(peak_rss_mb=mem.base_mib + mem.peak_mib, peak_over_model_mb=mem.peak_mib)
 
 
 def main() -> None:
@@ -151,7 +144,7 @@ def main() -> None:
     ref = MODELS.build(model_cfg(args.variant, ours=False))
     MMLogger.get_current_instance().setLevel('WARNING')  # init_weights logs every parameter
     ref.init_weights()
-    times: Dict[str, Dict[str, List[float]]] = {}
+    times: Dict[str, Dict[str, List[Tuple[float, float]]]] = {}
     memory: Dict[str, Dict[str, Dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         weights = os.path.join(tmp, 'weights.pth')
@@ -166,21 +159,21 @@ def main() -> None:
             # alternate the two implementations so that both see the same machine load
             for _ in range(args.repeat):
                 for impl, step in steps.items():
-                    t0, c0 = time.perf_counter(), time.process_time()
-                    step()
+                    t = time_fn(step, 1, warmup=0)
                     times.setdefault(mode, {}).setdefault(impl, []).append(
-                        (time.perf_counter() - t0, time.process_time() - c0))
+                        (t['times_s'][0], t['cpu_s'][0]))
             print(mode, {k: [(round(t, 2), round(c, 2)) for t, c in v]
                          for k, v in times[mode].items()}, '(wall s, CPU s)', flush=True)
         del models
         if not args.no_memory:
             for mode in args.modes:
                 for impl in ('mmdet', 'ours'):
-                    cmd = [sys.executable, os.path.abspath(__file__), '--size', str(h), str(w),
-                           '--variant', args.variant, '--threads', str(args.threads),
-                           '--worker', impl, mode, weights]
-                    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
-                    memory.setdefault(mode, {})[impl] = json.loads(out.strip().splitlines()[-1])
+                    res = run_case([os.path.abspath(__file__), '--size', str(h), str(w),
+                                    '--variant', args.variant, '--threads', str(args.threads),
+                                    '--worker', impl, mode, weights])
+                    if res is None:
+                        raise RuntimeError(f'memory run {impl} / {mode} failed')
+                    memory.setdefault(mode, {})[impl] = res
 
     print(f'\nDeformable DETR R50 ({args.variant}), 1 image {h}x{w}, {args.threads} threads, '
           f'torch {torch.__version__}; best of {args.repeat} alternating timed steps after a '

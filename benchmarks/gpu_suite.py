@@ -9,30 +9,34 @@ installed (run with the repository root on ``PYTHONPATH``; ``benchmarks/gpu_suit
    (``torch.ops.crossformer_mm.ms_deform_attn`` with autograd); the deterministic backward twice,
    bit for bit, under ``torch.use_deterministic_algorithms(True)``; the explicit
    ``deterministic=True`` flag.
-2. **Timings** (CUDA events, median of ``--repeat`` calls after warm-up) of the forward and
-   forward+backward on the Deformable DETR encoder at 800x1333 (levels 100x167, 50x84, 25x42,
-   13x21; one query per key, 22,223; 8 heads x 32 channels; 4 points) and on DCNv4's benchmark
-   shape (15,200 queries; levels 100x152, 50x76, 25x38, 13x19; 8 heads x 32 channels; 8 points):
+2. **Timings** (``benchmarks/_harness.time_fn``: CUDA events around each call, median of
+   ``--repeat`` calls after two warm-up calls) of the forward and forward+backward on the
+   Deformable DETR encoder at 800x1333 (levels 100x167, 50x84, 25x42, 13x21; one query per key,
+   22,223; 8 heads x 32 channels; 4 points) and on DCNv4's benchmark shape (15,200 queries;
+   levels 100x152, 50x76, 25x38, 13x19; 8 heads x 32 channels; 8 points):
    the Triton kernels (default and deterministic backward) against the pure-PyTorch
    ``grid_sample`` formulation (:func:`crossformer_mm.ops.ms_deform_attn_grid_sample`) and, when
    ``mmcv`` with its CUDA ops imports, mmcv's ``MultiScaleDeformableAttnFunction``.
 
 One table is printed at the end. ``--smoke`` runs everything on tiny shapes on the CPU through
 Triton's interpreter (``TRITON_INTERPRET=1``, set by the shell script), which checks the script
-itself without a GPU; its timings mean nothing.
+itself without a GPU; its timings (wall clock, no warm-up) mean nothing.
 """
 import argparse
 import os
-import statistics
 import sys
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for path in (HERE, ROOT):  # the harness, the package (also when not run as a script)
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+from _harness import time_fn  # noqa: E402
 
 from crossformer_mm.ops.msda import (ms_deform_attn, ms_deform_attn_grid_sample,  # noqa: E402
                                      ms_deform_attn_pytorch)
@@ -153,27 +157,15 @@ def run_checks(device: str, smoke: bool) -> List[Tuple[str, str, str]]:
 
 
 def _timer(device: str) -> Callable[[Callable[[], None], int], float]:
+    """``timer(fn, repeat)``: the median seconds of ``repeat`` calls of ``fn``."""
+
     def cuda_time(fn: Callable[[], None], repeat: int) -> float:
-        for _ in range(2):
-            fn()
-        torch.cuda.synchronize()
-        times = []
-        for _ in range(repeat):
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        return statistics.median(times)
+        return time_fn(fn, repeat, warmup=2, sync=torch.cuda.synchronize,
+                       cuda_events=True)['median_s']
 
     def cpu_time(fn: Callable[[], None], repeat: int) -> float:
-        times = []  # smoke mode (interpreter): no warm-up, the numbers mean nothing
-        for _ in range(repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times)
+        # smoke mode (interpreter): no warm-up, the numbers mean nothing
+        return time_fn(fn, repeat, warmup=0)['median_s']
 
     return cuda_time if device == 'cuda' else cpu_time
 

@@ -11,16 +11,20 @@ value) and a small shape. Sampling locations follow a trained model's pattern: r
 (the query's own pixel centre in the encoder, uniform in the decoder) plus offsets of about two
 pixels (normal, per level); ``--uniform`` samples uniformly in [0, 1] instead (worst locality).
 
-Each (case, implementation, mode) runs in a fresh subprocess that reports the peak memory of its
-first call above its state right before it (growth of the peak RSS, VmHWM, reset through
-/proc/self/clear_refs, on the CPU; ``torch.cuda.max_memory_allocated`` growth on the GPU), then
-the median time of the next ``--repeat`` calls. The floor comes from the cost model:
+Each (case, implementation, mode) runs in a fresh subprocess (``_harness.run_case``) that reports
+the peak memory of its first call above its state right before it (``_harness.peak_memory``:
+growth of the peak RSS, VmHWM, reset through /proc/self/clear_refs, on the CPU;
+``torch.cuda.max_memory_allocated`` growth on the GPU), then the median time of the next
+``--repeat`` calls (``_harness.time_fn``, synchronised on the GPU). The floor comes from the
+cost model:
 FLOPs at the measured fp32 matmul rate and the minimum bytes at the measured copy bandwidth;
 "x floor" is our time over the larger of the two.
 
 ``--compile`` times instead the whole ``MSDeformAttn`` module (projections, softmax, sampling
 locations, the op, output projection) eager against ``torch.compile(fullgraph=True)`` (Inductor)
-on each case's shape, forward and forward+backward, in this process (torch only).
+on each case's shape, forward and forward+backward, in this process (torch only): the median of
+``--repeat`` calls after one warm-up call each (``_harness.time_fn``), and the time of the first
+compiled call (compilation included).
 
 Usage::
 
@@ -29,16 +33,13 @@ Usage::
     python benchmarks/msda.py --compile --cases encoder small
 """
 import argparse
-import gc
 import json
 import os
-import statistics
-import subprocess
-import sys
-import time
-from typing import Dict, List, Tuple
+from functools import partial
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
+from _harness import peak_memory, run_case, time_fn
 
 ENCODER_SHAPES = [(100, 167), (50, 84), (25, 42), (13, 21)]
 CASES = {
@@ -114,21 +115,16 @@ def floor_seconds(case: str, mode: str, rates: Dict[str, float]) -> float:
     return max(flops / rates['flops'], nbytes / rates['bandwidth'])
 
 
-def measure_rates(device: str) -> Dict[str, float]:
-    """fp32 matmul FLOP/s and copy bandwidth (bytes read + written per second)."""
+def device_sync(device: str) -> Optional[Callable[[], None]]:
+    """What ``time_fn`` calls after each call: ``torch.cuda.synchronize`` on the GPU."""
+    return torch.cuda.synchronize if device == 'cuda' else None
 
-    def best(fn, n=5):
-        fn()
-        times = []
-        for _ in range(n):
-            if device == 'cuda':
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            fn()
-            if device == 'cuda':
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t)
-        return min(times)
+
+def measure_rates(device: str) -> Dict[str, float]:
+    """fp32 matmul FLOP/s and copy bandwidth (bytes read + written per second), best of 5."""
+
+    def best(fn):
+        return time_fn(fn, 5, warmup=1, sync=device_sync(device))['best_s']
 
     n = 2048 if device == 'cpu' else 8192
     a = torch.randn(n, n, device=device)
@@ -143,22 +139,6 @@ def measure_rates(device: str) -> Dict[str, float]:
 # ------------------------------------------------------------------------------------------
 # One measurement (runs in its own process)
 # ------------------------------------------------------------------------------------------
-
-
-def _status_bytes(field: str) -> int:
-    with open('/proc/self/status') as f:
-        for line in f:
-            if line.startswith(field + ':'):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError(f'{field} not in /proc/self/status')
-
-
-def _reset_peak_rss() -> int:
-    """Resets the process's peak RSS (VmHWM) to its current RSS and returns that RSS."""
-    gc.collect()
-    with open('/proc/self/clear_refs', 'w') as f:
-        f.write('5')
-    return _status_bytes('VmRSS')
 
 
 def worker(case: str, impl: str, mode: str, device: str, repeat: int, uniform: bool) -> dict:
@@ -195,39 +175,24 @@ def worker(case: str, impl: str, mode: str, device: str, repeat: int, uniform: b
                 inputs[i].grad = None
             out = op(*inputs)
             out.backward(grad_out)
-        if device == 'cuda':
-            torch.cuda.synchronize()
         return out
 
     # Peak memory of the first call, from a fresh process: later calls would also count what the
     # allocator kept from earlier ones (glibc does not return every freed block).
-    if device == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _reset_peak_rss()
-    run()
-    if device == 'cuda':
-        peak = torch.cuda.max_memory_allocated() - base
-    else:
-        peak = _status_bytes('VmHWM') - base
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = run()
-        times.append(time.perf_counter() - t)
-        del out
-    return dict(time=statistics.median(times), peak=max(peak, 0), threads=torch.get_num_threads())
+    with peak_memory(device) as mem:
+        run()
+    t = time_fn(run, repeat, warmup=0, sync=device_sync(device))
+    return dict(time=t['median_s'], peak_mib=mem.peak_mib, threads=torch.get_num_threads())
 
 
 def run_worker(args, case: str, impl: str, mode: str, device: str) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), '--worker', case, impl, mode, device,
-           '--repeat', str(args.repeat)] + (['--uniform'] if args.uniform else [])
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f'worker {case}/{impl}/{mode} failed:\n{proc.stderr[-3000:]}')
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """One measurement in a fresh process (:func:`worker`)."""
+    argv = [os.path.abspath(__file__), '--worker', case, impl, mode, device, '--repeat',
+            str(args.repeat)] + (['--uniform'] if args.uniform else [])
+    res = run_case(argv)
+    if res is None:
+        raise RuntimeError(f'worker {case}/{impl}/{mode} failed')
+    return res
 
 
 # ------------------------------------------------------------------------------------------
@@ -239,8 +204,8 @@ def fmt_time(t: float) -> str:
     return f'{t * 1e3:9.2f} ms'
 
 
-def fmt_mem(b: float) -> str:
-    return f'{b / 2**20:8.1f} MiB'
+def fmt_mem(mib: float) -> str:
+    return f'{mib:8.1f} MiB'
 
 
 def bench_device(args, device: str) -> List[str]:
@@ -267,12 +232,14 @@ def bench_device(args, device: str) -> List[str]:
             res = {impl: run_worker(args, case, impl, mode, device) for impl in IMPLS}
             floor = floor_seconds(case, mode, rates)
             ours, theirs = res['ours'], res['mmcv']
-            mem_ratio = theirs['peak'] / ours['peak'] if ours['peak'] > 0 else float('inf')
+            mem_ratio = (theirs['peak_mib'] / ours['peak_mib'] if ours['peak_mib'] > 0 else
+                         float('inf'))
             lines.append(
                 f'| {case:8s} | {mode:7s} | {fmt_time(ours["time"])} | '
                 f'{fmt_time(theirs["time"])} | {theirs["time"] / ours["time"]:7.1f}x | '
-                f'{fmt_time(floor)} | {ours["time"] / floor:6.1f}x | {fmt_mem(ours["peak"])} | '
-                f'{fmt_mem(theirs["peak"])} | {mem_ratio:8.1f}x |')
+                f'{fmt_time(floor)} | {ours["time"] / floor:6.1f}x | '
+                f'{fmt_mem(ours["peak_mib"])} | {fmt_mem(theirs["peak_mib"])} | '
+                f'{mem_ratio:8.1f}x |')
             print(lines[-1], flush=True)
     lines.append('load average after: ' + ' '.join(f'{x:.1f}' for x in os.getloadavg()))
     return lines
@@ -297,6 +264,7 @@ def compile_vs_eager(args, device: str) -> List[str]:
         kwargs = dict(value=feats, reference_points=ref, spatial_shapes=shapes,
                       level_start_index=starts)
         compiled = torch.compile(module, fullgraph=True)
+        sync = device_sync(device)
         for mode in MODES:
             def call(fn):
                 if mode == 'fwd':
@@ -305,20 +273,12 @@ def compile_vs_eager(args, device: str) -> List[str]:
                 else:
                     module.zero_grad(set_to_none=True)
                     fn(query, **kwargs).sum().backward()
-                if device == 'cuda':
-                    torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            call(compiled)  # compiles
-            compile_time = time.perf_counter() - t0
+            # the first compiled call compiles
+            compile_time = time_fn(partial(call, compiled), 1, warmup=0, sync=sync)['best_s']
             times = {}
             for name, fn in (('eager', module), ('compiled', compiled)):
-                call(fn)
-                runs = []
-                for _ in range(args.repeat):
-                    t = time.perf_counter()
-                    call(fn)
-                    runs.append(time.perf_counter() - t)
-                times[name] = statistics.median(runs)
+                times[name] = time_fn(partial(call, fn), args.repeat, warmup=1,
+                                      sync=sync)['median_s']
             lines.append(f'| {case} | {mode} | {fmt_time(times["eager"]).strip()} | '
                          f'{fmt_time(times["compiled"]).strip()} | '
                          f'{times["eager"] / times["compiled"]:.2f}x | {compile_time:.1f} s |')

@@ -6,20 +6,21 @@ DETR R-50 with the demo image size), the detector is built with the config's ini
 ``tools/deployment/pytorch2onnx.py``'s functions for one demo image (the embedded demo dataset,
 generated in a temporary folder, through the config's test pipeline), and both are timed on that
 same preprocessed input: PyTorch ``model.predict`` (eager, the package's kernels, ``no_grad``)
-and an onnxruntime CPU session. Prints the median times, their ratio and the parity figures
-(max box difference in pixels, max score difference).
+and an onnxruntime CPU session, each the median of ``--repeat`` calls after one warm-up call
+(``_harness.time_fn``). Prints the median times, their ratio, the parity figures (max box
+difference in pixels, max score difference) and the time the export took.
 
     python benchmarks/onnx_detectors.py [--variants NAME ...] [--repeat 10] [--threads 2]
 """
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
 from typing import Dict, List, Optional, Sequence
 
 import torch
+from _harness import time_fn
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'tools', 'deployment'))
@@ -48,16 +49,6 @@ def demo_image(folder: str) -> str:
     return os.path.join(val, sorted(os.listdir(val))[0])
 
 
-def median_time(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def bench_variant(name: str, image: str, folder: str, repeat: int, threads: int,
                   checkpoint: Optional[str] = None) -> dict:
     import onnxruntime as ort
@@ -77,8 +68,8 @@ def bench_variant(name: str, image: str, folder: str, repeat: int, threads: int,
     feed = {'inputs': inputs.numpy()}
     with torch.no_grad():
         expected = wrapper(inputs)
-        torch_s = median_time(lambda: wrapper(inputs), repeat)
-    ort_s = median_time(lambda: session.run(None, feed), repeat)
+        torch_s = time_fn(lambda: wrapper(inputs), repeat, warmup=1)['median_s']
+    ort_s = time_fn(lambda: session.run(None, feed), repeat, warmup=1)['median_s']
     diff = pytorch2onnx.compare(expected, session.run(None, feed))
     return dict(name=name, input=tuple(inputs.shape[-2:]), export=export_s, torch=torch_s,
                 ort=ort_s, **diff)

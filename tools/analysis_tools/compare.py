@@ -21,15 +21,16 @@ counts set to the demo's) so that COCO / ADE20K configs run without the real dat
 Reported per config: the metric (COCO box / mask AP or mIoU, in %), parameters, FLOPs (one image of
 ``--flops-shape``, counted by ``get_flops.py``), training seconds per iteration (median over the
 iterations after the first 5, forward + backward + step, data loading excluded), inference
-images per second (``test_step``, batch 1, data loading excluded), and peak memory (CUDA: peak
-allocated; CPU: peak resident set size of the process, and its growth over the process before the
-model was built).
+images per second (``test_step``, batch 1, data loading excluded), and peak memory from the
+model's build to the end of the test (``benchmarks/_harness.peak_memory``, which the benchmarks
+use too; CUDA: peak allocated; CPU: the process's peak resident set size, ``VmHWM`` reset
+through ``/proc/self/clear_refs`` right before the build, and in brackets its growth over the
+resident set at that moment).
 """
 import argparse
 import copy
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +42,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.append(os.path.join(ROOT, 'benchmarks'))  # last: its scripts shadow nothing
+
+from _harness import peak_memory  # noqa: E402  (the benchmarks' peak-memory measurement)
 
 DEMO_BASES = {
     'det': 'configs/demo/_base_/demo-coco_detection.py',
@@ -66,11 +70,6 @@ def _task(cfg: Any) -> str:
     if cfg.get('default_scope') == 'mmseg':
         return 'seg'
     return 'ins' if any('mask_head' in d for d in _walk(cfg.model)) else 'det'
-
-
-def _rss_kib() -> int:
-    with open('/proc/self/statm') as f:
-        return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE') // 1024
 
 
 def load_cfg(path: str, demo_data: bool, batch: int, val_images: Optional[int]) -> Any:
@@ -111,55 +110,51 @@ def worker(args: argparse.Namespace) -> Dict[str, Any]:
     recipe = load_config(args.recipe_config) if args.recipe_config else cfg
     scope, kind = cfg.get('default_scope', 'mmdet'), _task(cfg)
     device = torch.device(args.device)
-    rss_before = _rss_kib()
-    model = build_model(cfg)
-    with DefaultScope.overwrite_default_scope(scope):
-        model.init_weights()
-        model.to(device)
-        optim_wrapper = build_optim_wrapper(model, copy.deepcopy(recipe.optim_wrapper))
-        warmup = LinearLR(optim_wrapper, start_factor=0.001, by_epoch=False, begin=0,
-                          end=max(1, args.iters // 5))
-        loader = Runner.build_dataloader(cfg.train_dataloader, seed=args.seed)
-        model.train()
-        times, losses = [], []
-        it = iter(loader)
-        for _ in range(args.iters):
-            try:
-                data = next(it)
-            except StopIteration:
-                it = iter(loader)
-                data = next(it)
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            log_vars = model.train_step(data, optim_wrapper)
-            if device.type == 'cuda':
-                torch.cuda.synchronize()
-            times.append(time.perf_counter() - t0)
-            losses.append(float(log_vars['loss']))
-            warmup.step()
-        model.eval()
-        test_loader = Runner.build_dataloader(cfg.test_dataloader)
-        evaluator = Evaluator(cfg.test_evaluator)
-        evaluator.dataset_meta = test_loader.dataset.metainfo
-        infer = []
-        with torch.no_grad():
-            for data in test_loader:
+    with peak_memory(device.type) as mem:
+        model = build_model(cfg)
+        with DefaultScope.overwrite_default_scope(scope):
+            model.init_weights()
+            model.to(device)
+            optim_wrapper = build_optim_wrapper(model, copy.deepcopy(recipe.optim_wrapper))
+            warmup = LinearLR(optim_wrapper, start_factor=0.001, by_epoch=False, begin=0,
+                              end=max(1, args.iters // 5))
+            loader = Runner.build_dataloader(cfg.train_dataloader, seed=args.seed)
+            model.train()
+            times, losses = [], []
+            it = iter(loader)
+            for _ in range(args.iters):
+                try:
+                    data = next(it)
+                except StopIteration:
+                    it = iter(loader)
+                    data = next(it)
                 if device.type == 'cuda':
                     torch.cuda.synchronize()
                 t0 = time.perf_counter()
-                outputs = model.test_step(data)
+                log_vars = model.train_step(data, optim_wrapper)
                 if device.type == 'cuda':
                     torch.cuda.synchronize()
-                infer.append(time.perf_counter() - t0)
-                evaluator.process(outputs, data)
-        metrics = evaluator.evaluate(len(test_loader.dataset))
-    if device.type == 'cuda':
-        peak = torch.cuda.max_memory_allocated() / 2**20
-        peak_growth = None
-    else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        peak_growth = peak - rss_before / 1024
+                times.append(time.perf_counter() - t0)
+                losses.append(float(log_vars['loss']))
+                warmup.step()
+            model.eval()
+            test_loader = Runner.build_dataloader(cfg.test_dataloader)
+            evaluator = Evaluator(cfg.test_evaluator)
+            evaluator.dataset_meta = test_loader.dataset.metainfo
+            infer = []
+            with torch.no_grad():
+                for data in test_loader:
+                    if device.type == 'cuda':
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    outputs = model.test_step(data)
+                    if device.type == 'cuda':
+                        torch.cuda.synchronize()
+                    infer.append(time.perf_counter() - t0)
+                    evaluator.process(outputs, data)
+            metrics = evaluator.evaluate(len(test_loader.dataset))
+    peak = mem.base_mib + mem.peak_mib
+    peak_growth = None if device.type == 'cuda' else mem.peak_mib  # over the RSS before the build
     model.cpu()
     cx = complexity(cfg, tuple(args.flops_shape), model)
     steady = times[5:] if len(times) > 5 else times
