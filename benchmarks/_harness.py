@@ -11,7 +11,8 @@
 * :func:`run_case`: runs one case in a fresh Python process and returns the JSON dict it prints
   last, so that no case inherits another's allocator state, caches or peak.
 * :data:`ISA_ENV`: environments for :func:`run_case` that limit the kernels to an instruction
-  set (e.g. AVX2 on an AVX-512 CPU); :func:`cpu_description` names the CPU for the tables.
+  set (e.g. AVX2 on an AVX-512 CPU); :func:`cpu_description` names the CPU and
+  :func:`code_label` the commit of a checkout, for the tables.
 
 On the CPU the resident set also holds memory the allocator keeps after tensors are freed. A
 case whose memory matters is therefore measured in its own process started with
@@ -46,6 +47,18 @@ ISA_ENV = {
     'avx2': {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2',
              'MKL_ENABLE_INSTRUCTIONS': 'AVX2'},
 }
+
+
+def code_label(code: str) -> str:
+    """Short commit of a checkout (``+`` when it has uncommitted changes)."""
+    try:
+        rev = subprocess.run(['git', '-C', code, 'rev-parse', '--short', 'HEAD'],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(['git', '-C', code, 'status', '--porcelain', '--',
+                                'crossformer_mm'], capture_output=True, text=True).stdout.strip()
+        return rev + ('+' if dirty else '')
+    except (OSError, subprocess.CalledProcessError):
+        return os.path.basename(os.path.abspath(code))
 
 
 def cpu_description() -> str:
@@ -192,4 +205,5 @@ def run_case(argv: List[str], env: Optional[Dict[str, str]] = None,
     return json.loads(lines[-1])
 
 
-__all__ = ['ISA_ENV', 'MEMORY_ENV', 'cpu_description', 'time_fn', 'peak_memory', 'run_case']
+__all__ = ['ISA_ENV', 'MEMORY_ENV', 'code_label', 'cpu_description', 'time_fn', 'peak_memory',
+           'run_case']

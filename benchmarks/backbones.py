@@ -45,12 +45,12 @@ import argparse
 import itertools
 import json
 import os
-import subprocess
 import sys
 import tempfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from _harness import ISA_ENV, MEMORY_ENV, cpu_description, peak_memory, run_case, time_fn
+from _harness import (ISA_ENV, MEMORY_ENV, code_label, cpu_description, peak_memory, run_case,
+                      time_fn)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
@@ -215,18 +215,6 @@ def spawn(code: str, names: Sequence[str], weights: Sequence[Optional[str]],
     argv += ['--memory'] if memory else []
     env = dict(ISA_ENV[isa], **(MEMORY_ENV if memory else {}))
     return run_case(argv, env=env, cwd=code)
-
-
-def code_label(code: str) -> str:
-    """Short commit of a checkout (``+`` when it has uncommitted changes)."""
-    try:
-        rev = subprocess.run(['git', '-C', code, 'rev-parse', '--short', 'HEAD'],
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(['git', '-C', code, 'status', '--porcelain', '--',
-                                'crossformer_mm'], capture_output=True, text=True).stdout.strip()
-        return rev + ('+' if dirty else '')
-    except (OSError, subprocess.CalledProcessError):
-        return os.path.basename(os.path.abspath(code))
 
 
 def plans(family: str, quick: bool, large: bool):

@@ -13,6 +13,12 @@ plus the peak growth during it (``_harness.peak_memory``: ``VmHWM`` reset throug
 
     python benchmarks/detectors.py [--size 512 853] [--variant plain|refine|twostage]
                                    [--repeat 2] [--threads 1] [--modes train infer] [--no-memory]
+                                   [--code CHECKOUT [CHECKOUT ...]]
+
+``--code`` takes one or more checkouts of this package (default: this one): the whole comparison
+runs once per checkout, each in its own process importing that checkout's ``crossformer_mm`` and
+config, and one table lists them all (e.g. the current code and an older commit, each beside
+mmdet's model).
 
 The default input is 512x853 (an 800x1333 image scaled by 0.64); ``--size 800 1333`` runs the
 full COCO size (slow on two cores).
@@ -21,15 +27,15 @@ import argparse
 import copy
 import json
 import os
+import subprocess
 import sys
 import tempfile
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
-from _harness import peak_memory, run_case, time_fn
+from _harness import code_label, peak_memory, run_case, time_fn
 
+#: The checkout whose package and config are measured (``--code``; default: this one).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 VARIANTS = {
     'plain': dict(with_box_refine=False, as_two_stage=False),
@@ -116,7 +122,8 @@ def memory_worker(impl: str, mode: str, variant: str, h: int, w: int, threads: i
     return dict(peak_rss_mb=mem.base_mib + mem.peak_mib, peak_over_model_mb=mem.peak_mib)
 
 
-def main() -> None:
+def main(argv: Optional[List[str]] = None) -> None:
+    global ROOT
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--size', type=int, nargs=2, default=(512, 853), metavar=('H', 'W'))
     parser.add_argument('--variant', choices=list(VARIANTS), default='plain')
@@ -126,10 +133,23 @@ def main() -> None:
     parser.add_argument('--modes', nargs='+', choices=['train', 'infer'],
                         default=['train', 'infer'])
     parser.add_argument('--no-memory', action='store_true', help='skip the peak-memory runs')
+    parser.add_argument('--code', nargs='+', default=[ROOT],
+                        help='checkouts of this package whose detector is measured')
+    parser.add_argument('--no-header', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--worker', nargs=3, metavar=('IMPL', 'MODE', 'WEIGHTS'),
                         help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    argv = sys.argv[1:] if argv is None else argv
+    args = parser.parse_args(argv)
     h, w = args.size
+    if len(args.code) > 1:  # one process per checkout, one table
+        i = argv.index('--code')
+        rest = argv[:i] + [a for a in argv[i + 1 + len(args.code):]]
+        for n, code in enumerate(args.code):
+            subprocess.run([sys.executable, os.path.abspath(__file__), *rest, '--code', code]
+                           + (['--no-header'] if n else []), check=True)
+        return
+    ROOT = os.path.abspath(args.code[0])
+    sys.path.insert(0, ROOT)
     if args.worker:
         impl, mode, weights = args.worker
         print(json.dumps(memory_worker(impl, mode, args.variant, h, w, args.threads, weights)))
@@ -170,17 +190,18 @@ def main() -> None:
                 for impl in ('mmdet', 'ours'):
                     res = run_case([os.path.abspath(__file__), '--size', str(h), str(w),
                                     '--variant', args.variant, '--threads', str(args.threads),
-                                    '--worker', impl, mode, weights])
+                                    '--code', ROOT, '--worker', impl, mode, weights])
                     if res is None:
                         raise RuntimeError(f'memory run {impl} / {mode} failed')
                     memory.setdefault(mode, {})[impl] = res
 
-    print(f'\nDeformable DETR R50 ({args.variant}), 1 image {h}x{w}, {args.threads} threads, '
-          f'torch {torch.__version__}; best of {args.repeat} alternating timed steps after a '
-          'warm-up; peak RSS of one step in a fresh process\n')
-    print('| step | mmdet 3.3.0 + mmcv: wall / CPU (s) | crossformer_mm: wall / CPU (s) | '
-          'speed-up wall / CPU | peak RSS mmdet / ours (MB) |')
-    print('|---|---|---|---|---|')
+    if not args.no_header:
+        print(f'\nDeformable DETR R50 ({args.variant}), 1 image {h}x{w}, {args.threads} threads, '
+              f'torch {torch.__version__}; best of {args.repeat} alternating timed steps after a '
+              'warm-up; peak RSS of one step in a fresh process\n')
+        print('| code | step | mmdet 3.3.0 + mmcv: wall / CPU (s) | crossformer_mm: wall / CPU '
+              '(s) | speed-up wall / CPU | peak RSS mmdet / ours (MB) |')
+        print('|---|---|---|---|---|---|')
     for mode, t in times.items():
         mw, mc = min(x[0] for x in t['mmdet']), min(x[1] for x in t['mmdet'])
         ow, oc = min(x[0] for x in t['ours']), min(x[1] for x in t['ours'])
@@ -188,8 +209,8 @@ def main() -> None:
         mem_str = (f'{mem["mmdet"]["peak_rss_mb"]:.0f} / {mem["ours"]["peak_rss_mb"]:.0f}'
                    if mem else 'not measured')
         name = 'training iteration' if mode == 'train' else 'inference'
-        print(f'| {name} | {mw:.2f} / {mc:.2f} | {ow:.2f} / {oc:.2f} | {mw / ow:.2f}x / '
-              f'{mc / oc:.2f}x | {mem_str} |')
+        print(f'| {code_label(ROOT)} | {name} | {mw:.2f} / {mc:.2f} | {ow:.2f} / {oc:.2f} | '
+              f'{mw / ow:.2f}x / {mc / oc:.2f}x | {mem_str} |', flush=True)
 
 
 if __name__ == '__main__':
