@@ -11,7 +11,8 @@
 * :func:`run_case`: runs one case in a fresh Python process and returns the JSON dict it prints
   last, so that no case inherits another's allocator state, caches or peak.
 * :data:`ISA_ENV`: environments for :func:`run_case` that limit the kernels to an instruction
-  set (e.g. AVX2 on an AVX-512 CPU); :func:`cpu_description` names the CPU and
+  set (e.g. AVX2 on an AVX-512 CPU), checked in the child by :func:`require_isa`;
+  :func:`cpu_description` names the CPU and
   :func:`code_label` the commit of a checkout, for the tables.
 
 On the CPU the resident set also holds memory the allocator keeps after tensors are freed. A
@@ -47,6 +48,15 @@ ISA_ENV = {
     'avx2': {'ATEN_CPU_CAPABILITY': 'avx2', 'ONEDNN_MAX_CPU_ISA': 'AVX2',
              'MKL_ENABLE_INSTRUCTIONS': 'AVX2'},
 }
+
+
+def require_isa(isa: str) -> None:
+    """Raises if this process runs torch's kernels with another instruction set than the
+    :data:`ISA_ENV` entry ``isa`` asks for (the environment came too late or was ignored)."""
+    import torch
+    capability = torch.backends.cpu.get_cpu_capability()
+    if isa != 'native' and capability != isa.upper():
+        raise RuntimeError(f'asked for {isa} kernels, torch runs {capability}')
 
 
 def code_label(code: str) -> str:
@@ -205,5 +215,5 @@ def run_case(argv: List[str], env: Optional[Dict[str, str]] = None,
     return json.loads(lines[-1])
 
 
-__all__ = ['ISA_ENV', 'MEMORY_ENV', 'code_label', 'cpu_description', 'time_fn', 'peak_memory',
-           'run_case']
+__all__ = ['ISA_ENV', 'MEMORY_ENV', 'code_label', 'cpu_description', 'require_isa', 'time_fn',
+           'peak_memory', 'run_case']

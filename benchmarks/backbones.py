@@ -49,8 +49,8 @@ import sys
 import tempfile
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from _harness import (ISA_ENV, MEMORY_ENV, code_label, cpu_description, peak_memory, run_case,
-                      time_fn)
+from _harness import (ISA_ENV, MEMORY_ENV, code_label, cpu_description, peak_memory,
+                      require_isa, run_case, time_fn)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SWIN_T = dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7,
@@ -196,8 +196,7 @@ def measure(names: Sequence[str], weights: Sequence[Optional[str]], hw: Tuple[in
         for name, step in steps.items():
             t = time_fn(step, iters, warmup=0)
             if name not in best or t['best_s'] < best[name]['best_s']:
-                best[name] = dict(img_s=batch / t['best_s'],
-                                  capability=torch.backends.cpu.get_cpu_capability(), **t)
+                best[name] = dict(img_s=batch / t['best_s'], **t)
     return best
 
 
@@ -209,7 +208,7 @@ def spawn(code: str, names: Sequence[str], weights: Sequence[Optional[str]],
     kernels limited to the instruction set ``isa`` (:data:`_harness.ISA_ENV`)."""
     argv = [os.path.abspath(__file__), '--case', *names, '--code', code, '--hw', str(hw[0]),
             str(hw[1]), '--batch', str(batch), '--iters', str(iters), '--warmup', str(warmup),
-            '--rounds', str(rounds), '--threads', str(threads),
+            '--rounds', str(rounds), '--threads', str(threads), '--isa', isa,
             '--weights', *[w or 'none' for w in weights]]
     argv += ['--backward'] if backward else []
     argv += ['--memory'] if memory else []
@@ -272,6 +271,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                                  ('crossformer-s', 'crossformer-s-official')]
     if args.case:  # child process: one case
         import crossformer_mm  # noqa: F401  (registration)
+        require_isa(args.isa[0])
         weights = [None if w == 'none' else w for w in args.weights]
         print(json.dumps(measure(args.case, weights, tuple(args.hw), args.batch,
                                  args.backward, args.iters, args.warmup, args.rounds,
@@ -323,9 +323,6 @@ def main(argv: Optional[List[str]] = None) -> int:
                                     1, args.threads, memory=True)
                                 peak[run] = m[name]['peak_mib'] if m else float('nan')
                         o, f = r[ours], r[ref]
-                        if isa != 'native' and o['capability'] != isa.upper():
-                            print(f'  warning: --isa {isa} ran with torch kernels '
-                                  f'{o["capability"]}', file=sys.stderr)
                         po = peak[(code, ours)]
                         pr = peak[(codes[0] if ref in UPSTREAM else code, ref)]
                         print(f'| {labels[code]} | {isa} | {ours} | {ref} | {hw[0]}×{hw[1]} '

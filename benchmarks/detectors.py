@@ -138,14 +138,16 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument('--no-header', action='store_true', help=argparse.SUPPRESS)
     parser.add_argument('--worker', nargs=3, metavar=('IMPL', 'MODE', 'WEIGHTS'),
                         help=argparse.SUPPRESS)
-    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     h, w = args.size
+    # the settings every child process (per checkout, per memory run) gets
+    common = [os.path.abspath(__file__), '--size', str(h), str(w), '--variant', args.variant,
+              '--threads', str(args.threads)]
     if len(args.code) > 1:  # one process per checkout, one table
-        i = argv.index('--code')
-        rest = argv[:i] + [a for a in argv[i + 1 + len(args.code):]]
         for n, code in enumerate(args.code):
-            subprocess.run([sys.executable, os.path.abspath(__file__), *rest, '--code', code]
+            subprocess.run([sys.executable, *common, '--repeat', str(args.repeat), '--modes',
+                            *args.modes, '--code', code]
+                           + (['--no-memory'] if args.no_memory else [])
                            + (['--no-header'] if n else []), check=True)
         return
     ROOT = os.path.abspath(args.code[0])
@@ -188,9 +190,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         if not args.no_memory:
             for mode in args.modes:
                 for impl in ('mmdet', 'ours'):
-                    res = run_case([os.path.abspath(__file__), '--size', str(h), str(w),
-                                    '--variant', args.variant, '--threads', str(args.threads),
-                                    '--code', ROOT, '--worker', impl, mode, weights])
+                    res = run_case(common + ['--code', ROOT, '--worker', impl, mode, weights])
                     if res is None:
                         raise RuntimeError(f'memory run {impl} / {mode} failed')
                     memory.setdefault(mode, {})[impl] = res

@@ -27,7 +27,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from _harness import ISA_ENV, cpu_description, time_fn
+from _harness import ISA_ENV, cpu_description, require_isa, time_fn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from crossformer_mm.ops import group_attention  # noqa: E402
@@ -73,9 +73,7 @@ def main() -> None:
 
 def rows(isa: str, repeat: int) -> None:
     """Times every case in this process and prints its rows."""
-    capability = torch.backends.cpu.get_cpu_capability()
-    if isa != 'native' and capability != isa.upper():
-        print(f'warning: --isa {isa} runs with torch kernels {capability}', file=sys.stderr)
+    require_isa(isa)
     for label, g, n, heads, d, shifted in CASES:
         torch.manual_seed(0)
         qkv = torch.randn(g, n, 3, heads, d)
