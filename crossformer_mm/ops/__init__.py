@@ -1,12 +1,9 @@
 """Native ops, registered as torch ops (``torch.ops.crossformer_mm.*``): multi-scale deformable
-attention (C++ CPU kernel, Triton GPU kernel, pure-PyTorch formulations) and softmax attention
-within token groups (C++ CPU kernel).
+attention (C++ CPU kernel, Triton GPU kernel, pure-PyTorch formulations).
 
 Only torch is needed to import this package (triton for the GPU kernel); registration into the
 OpenMMLab registries happens in :mod:`crossformer_mm.models`.
 """
-from .group_attention import (group_attention, group_attention_available,
-                              group_attention_reference)
 from .msda import (MSDA_OP, MSDeformAttn, check_ms_deform_attn_inputs, ms_deform_attn,
                    ms_deform_attn_flops, ms_deform_attn_grid_sample, ms_deform_attn_pytorch,
                    native_kernel_available, replace_mmcv_msda)
@@ -14,6 +11,5 @@ from .msda import (MSDA_OP, MSDeformAttn, check_ms_deform_attn_inputs, ms_deform
 __all__ = [
     'MSDA_OP', 'MSDeformAttn', 'check_ms_deform_attn_inputs', 'ms_deform_attn',
     'ms_deform_attn_flops', 'ms_deform_attn_grid_sample', 'ms_deform_attn_pytorch',
-    'native_kernel_available', 'replace_mmcv_msda', 'group_attention', 'group_attention_available',
-    'group_attention_reference'
+    'native_kernel_available', 'replace_mmcv_msda'
 ]
