@@ -1,6 +1,6 @@
 """The ops need torch alone: in a fresh interpreter where the OpenMMLab packages cannot be
 imported, ``crossformer_mm.ops`` imports, runs (forward, backward, the module, the registered
-ops) and pulls in none of them."""
+ops) and pulls in none of them, nor the package's models."""
 import os
 import subprocess
 import sys
@@ -36,6 +36,13 @@ SCRIPT = textwrap.dedent('''
                level_start_index=starts)
     assert y.shape == (1, 5, 8)
     assert hasattr(torch.ops.crossformer_mm, 'ms_deform_attn')
+    try:  # moved to the models; the ops answer with where it lives now, importing nothing
+        ops.replace_mmcv_msda
+    except AttributeError as err:
+        assert 'crossformer_mm.models.replace_mmcv_msda' in str(err), err
+    else:
+        raise AssertionError('crossformer_mm.ops.replace_mmcv_msda still resolves')
+    assert not [m for m in sys.modules if m.startswith('crossformer_mm.models')]
     import crossformer_mm  # the top-level package imports too (ops only)
     loaded = sorted(m for m in sys.modules
                     if m.split('.')[0] in BLOCKED and sys.modules[m] is not None)

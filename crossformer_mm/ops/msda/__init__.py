@@ -16,10 +16,6 @@ The op is a triple, one file each:
   entry point :func:`ms_deform_attn`, which validates and dispatches;
 * :mod:`.module` -- :class:`MSDeformAttn`, a drop-in for ``mmcv.ops.MultiScaleDeformableAttention``.
 """
-from typing import Optional
-
-import torch.nn as nn
-
 from .function import MSDA_OP, ms_deform_attn, ms_deform_attn_flops, native_kernel_available
 from .module import MSDeformAttn
 from .reference import (SpatialShapes, check_ms_deform_attn_inputs, ms_deform_attn_grid_sample,
@@ -28,13 +24,6 @@ from .reference import (SpatialShapes, check_ms_deform_attn_inputs, ms_deform_at
 __all__ = [
     'MSDA_OP', 'MSDeformAttn', 'SpatialShapes', 'check_ms_deform_attn_inputs', 'ms_deform_attn',
     'ms_deform_attn_flops', 'ms_deform_attn_grid_sample', 'ms_deform_attn_pytorch',
-    'native_kernel_available', 'replace_mmcv_msda'
+    'native_kernel_available'
 ]
 
-
-def replace_mmcv_msda(model: nn.Module, deterministic: Optional[bool] = None) -> int:
-    """Puts every mmcv ``MultiScaleDeformableAttention`` inside ``model`` on this package's
-    kernels, in place (needs mmcv; see :func:`crossformer_mm.models.msda.replace_mmcv_msda`,
-    which this forwards to). Returns the number of modules switched."""
-    from crossformer_mm.models.msda import replace_mmcv_msda as replace
-    return replace(model, deterministic)

@@ -41,7 +41,7 @@ def native_kernel_available(device: torch.device) -> bool:
     if device.type == 'cpu':
         return _EXT is not None
     if device.type == 'cuda':
-        from .msda_triton import triton_available
+        from ..msda_triton import triton_available
         return triton_available()
     return False
 
@@ -77,7 +77,7 @@ def _msda_forward(value: Tensor, spatial_shapes: Tensor, level_start_index: Tens
 def _msda_forward_cuda(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                        sampling_locations: Tensor, attention_weights: Tensor,
                        deterministic: bool) -> Tensor:
-    from .msda_triton import ms_deform_attn_forward_triton
+    from ..msda_triton import ms_deform_attn_forward_triton
     _check_kernel_levels(value, spatial_shapes, level_start_index)
     return ms_deform_attn_forward_triton(value, spatial_shapes, level_start_index,
                                          sampling_locations, attention_weights)
@@ -111,7 +111,7 @@ def _msda_backward(value: Tensor, spatial_shapes: Tensor, level_start_index: Ten
 def _msda_backward_cuda(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
                         sampling_locations: Tensor, attention_weights: Tensor,
                         grad_output: Tensor, deterministic: bool) -> Tuple[Tensor, Tensor, Tensor]:
-    from .msda_triton import ms_deform_attn_backward_triton
+    from ..msda_triton import ms_deform_attn_backward_triton
     return ms_deform_attn_backward_triton(value, spatial_shapes, level_start_index,
                                           sampling_locations, attention_weights, grad_output,
                                           deterministic)
