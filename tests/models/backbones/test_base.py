@@ -1,10 +1,11 @@
 """The backbone contract shared by CrossFormer, Swin and ViT: argument checks, output shapes,
-frozen stages with their output norms, and the one checkpoint loading path with its ``prefix``."""
+frozen stages with their output norms, and ``load_pretrained`` / ``init_cfg`` with a ``prefix``
+(the loading steps themselves: ``test_loading.py``)."""
 import pytest
 import torch
 
 from crossformer_mm.models.backbones import CFSwinTransformer, CFVisionTransformer, CrossFormer
-from crossformer_mm.models.backbones.base import ShapeSpec, backbone_state_dict
+from crossformer_mm.models.backbones.base import ShapeSpec
 
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
 FAMILIES = {
@@ -121,13 +122,3 @@ def test_prefix_that_matches_nothing(family) -> None:
     sd = FAMILIES[family]().state_dict()
     with pytest.raises(ValueError, match=r"no checkpoint key starts with prefix 'model\.'"):
         FAMILIES[family]().load_pretrained(sd, prefix='model.')
-
-
-def test_backbone_state_dict_rules() -> None:
-    t = torch.zeros(1)
-    wrapped = {'state_dict': {'module.backbone.a': t, 'module.neck.b': t, 'module.meta': 3}}
-    assert list(backbone_state_dict(wrapped)) == ['a']
-    assert list(backbone_state_dict(wrapped, 'backbone.')) == ['a']
-    assert list(backbone_state_dict(wrapped, 'neck.')) == ['b']
-    assert list(backbone_state_dict(wrapped, '')) == ['backbone.a', 'neck.b']
-    assert list(backbone_state_dict({'model': {'a': t, 'head.w': t}})) == ['a', 'head.w']
