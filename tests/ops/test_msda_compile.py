@@ -104,7 +104,7 @@ def test_exported_module_matches_eager():
 def _encoder_layer():
     from mmdet.models.layers import DeformableDetrTransformerEncoderLayer
 
-    from crossformer_mm.models.layers.detr_layers import swap_attention
+    from crossformer_mm.models.detectors.detr_layers import swap_attention
     torch.manual_seed(0)
     layer = DeformableDetrTransformerEncoderLayer(
         self_attn_cfg=dict(embed_dims=32, num_heads=4, num_levels=2, num_points=2,

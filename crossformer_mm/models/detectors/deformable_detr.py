@@ -5,7 +5,7 @@
 ``DeformableDETR`` (``mmdet/models/detectors/deformable_detr.py``): same config keys, same state
 dict, same outputs; MMDetection builds the transformer, whose attention modules are then replaced
 by :class:`crossformer_mm.ops.MSDeformAttn` and SDPA
-(:mod:`crossformer_mm.models.layers.detr_layers`, :class:`~.utils.DETRFamilyMixin`), and
+(:mod:`.detr_layers`, :class:`~.detr_family.DETRFamilyMixin`), and
 inconsistent configs fail at build time.
 """
 from typing import Dict, Optional, Tuple
@@ -22,7 +22,7 @@ from torch.overrides import TorchFunctionMode
 
 from crossformer_mm.ops import MSDeformAttn
 from crossformer_mm.registry import MMDET_MODELS, register_model
-from .utils import DETRFamilyMixin, check_levels
+from .detr_family import DETRFamilyMixin, check_levels
 
 __all__ = ['CFDeformableDETR']
 
@@ -47,7 +47,7 @@ class CFDeformableDETR(DETRFamilyMixin, DeformableDETR):
     loads without missing or unexpected keys.
 
     Raises:
-        ValueError: at build time (:class:`~.utils.DETRFamilyMixin`), for ``num_queries`` or
+        ValueError: at build time (:class:`~.detr_family.DETRFamilyMixin`), for ``num_queries`` or
             ``num_feature_levels`` that are not positive ints, deformable attention
             ``num_levels`` different from ``num_feature_levels``, a neck whose ``in_channels``
             differ from the backbone's output channels, whose number of outputs differs from

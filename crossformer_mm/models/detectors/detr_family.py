@@ -1,10 +1,10 @@
-"""What the DETR-family detectors share: build-time and run-time checks, and
-:class:`DETRFamilyMixin` (the package's attention in MMDetection's transformers, checked features).
+"""What the DETR-family detectors share: :class:`DETRFamilyMixin` (the package's attention in
+MMDetection's transformers, checked configs and features) and its build-time and run-time checks.
 
 MMDetection's DETR detectors accept inconsistent configs (a neck whose ``in_channels`` disagree
 with the backbone, ``num_feature_levels`` that disagree with the neck, ``num_queries <= 0``) and
 fail later, deep inside a convolution, ``torch.topk`` or the deformable attention, with a message
-that does not name the setting. These helpers turn such configs into ``ValueError``s that name the
+that does not name the setting. These checks turn such configs into ``ValueError``s that name the
 argument and the expected value.
 """
 import inspect
@@ -13,13 +13,8 @@ from typing import Any, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import Tensor, nn
 
-from ..layers.detr_layers import swap_attention
-
-
-def check_positive_int(value: Any, name: str) -> None:
-    """Raises ``ValueError`` unless ``value`` is an int > 0 (bools are refused)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f'{name} must be a positive int, got {value!r}')
+from ..utils import check_positive_int
+from .detr_layers import swap_attention
 
 
 def check_required(cfg: Any, name: str, detector: str) -> None:
@@ -201,9 +196,9 @@ class DETRFamilyMixin:
     * ``__init__``: exactly MMDetection's arguments, checked before the build
       (:func:`check_detr_config`) and after it (:func:`check_transformer`,
       :func:`check_backbone_neck`);
-    * ``_init_layers``: MMDetection's, then :func:`~crossformer_mm.models.layers.detr_layers.
-      swap_attention` on the encoder and decoder with :attr:`attention_replacements` (set it to
-      ``{}`` on a subclass to keep mmcv's modules, e.g. for a comparison);
+    * ``_init_layers``: MMDetection's, then :func:`~.detr_layers.swap_attention` on the encoder
+      and decoder with :attr:`attention_replacements` (set it to ``{}`` on a subclass to keep
+      mmcv's modules, e.g. for a comparison);
     * ``extract_feat``: the image batch enters the backbone in channels-last memory layout, and
       the backbone's maps are checked against the neck's ``in_channels`` with a clear error. The
       function is the same (only strides differ), but oneDNN's convolutions run faster on that
@@ -262,3 +257,8 @@ class DETRFamilyMixin:
             check_neck_inputs(type(self).__name__, x, self.neck)
             x = self.neck(x)
         return x
+
+
+__all__ = ['DETRFamilyMixin', 'backbone_out_channels', 'check_backbone_neck', 'check_detr_config',
+           'check_levels', 'check_neck_inputs', 'check_required', 'check_transformer',
+           'neck_in_channels', 'neck_num_outs', 'neck_out_channels']

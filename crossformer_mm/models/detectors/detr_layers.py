@@ -28,7 +28,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 
 from crossformer_mm.ops import MSDeformAttn
-from .attention import mask_value
+from ..layers import mask_value
 
 __all__ = ['SDPAMultiheadAttention', 'ATTENTION_REPLACEMENTS', 'swap_attention']
 

@@ -10,7 +10,7 @@ from _detr_parity_utils import (assert_grads_close, assert_predictions_match,
 from mmcv.ops import MultiScaleDeformableAttention
 from mmdet.registry import MODELS
 
-from crossformer_mm.models.layers.detr_layers import SDPAMultiheadAttention
+from crossformer_mm.models.detectors.detr_layers import SDPAMultiheadAttention
 from crossformer_mm.ops import MSDeformAttn
 
 VARIANTS = {
