@@ -1,99 +1,59 @@
-"""The package's attention modules inside MMDetection's DETR and Deformable DETR transformers.
+"""The package's attention inside MMDetection's DETR and Deformable DETR transformers.
 
 `DETR <https://arxiv.org/abs/2005.12872>`_ (Carion et al., ECCV 2020) and `Deformable DETR
 <https://arxiv.org/abs/2010.04159>`_ (Zhu et al., ICLR 2021). The encoders and decoders are
 MMDetection 3.3.0's own classes (``mmdet/models/layers/transformer/{detr_layers,
 deformable_detr_layers}.py``), built by MMDetection's detectors as they are; :func:`swap_attention`
-then replaces their attention modules, keeping the weights:
+then switches the class of their attention modules, in place (the package's one way of putting
+its computations on mmcv's modules, see :mod:`crossformer_mm.models.msda`):
 
 * mmcv's ``MultiheadAttention`` (DETR's encoder/decoder, Deformable DETR's decoder
-  self-attention) by :class:`SDPAMultiheadAttention`, which computes
+  self-attention) becomes :class:`SDPAMultiheadAttention`, which computes
   ``F.scaled_dot_product_attention`` instead of ``nn.MultiheadAttention``'s slow path (mmcv's
-  wrapper asks it for the averaged attention weights, which rules out the fused kernels), with the
-  same ``attn.in_proj_weight`` / ``attn.out_proj.*`` parameters;
-* mmcv's ``MultiScaleDeformableAttention`` by :class:`crossformer_mm.ops.MSDeformAttn` (native CPU
-  and Triton kernels instead of mmcv's grid_sample fallback on the CPU), same parameters.
+  wrapper asks it for the averaged attention weights, which rules out the fused kernels);
+* mmcv's ``MultiScaleDeformableAttention`` becomes
+  :class:`~crossformer_mm.models.msda.MMCVMSDeformAttnOnKernels` (the package's native CPU and
+  Triton kernels instead of mmcv's grid_sample fallback on the CPU).
 
-Configs, state dicts and forward signatures are MMDetection's.
+Both are subclasses of mmcv's classes that only change ``forward``: configs, parameters (the same
+objects), state dicts, initialisation and ``isinstance`` checks are MMDetection's.
 """
 import warnings
 from typing import Dict, Mapping, Optional, Type
 
 import torch
 import torch.nn.functional as F
-from mmcv.cnn.bricks.drop import build_dropout
 from mmcv.cnn.bricks.transformer import MultiheadAttention
 from mmcv.ops import MultiScaleDeformableAttention
-from mmengine.model import BaseModule
 from torch import Tensor, nn
 
-from crossformer_mm.ops import MSDeformAttn
 from ..layers import mask_value
+from ..msda import MMCVMSDeformAttnOnKernels
 
 __all__ = ['SDPAMultiheadAttention', 'ATTENTION_REPLACEMENTS', 'swap_attention']
 
 
-class SDPAMultiheadAttention(BaseModule):
-    """Drop-in for mmcv's ``MultiheadAttention`` wrapper computed with
-    ``F.scaled_dot_product_attention``.
+class SDPAMultiheadAttention(MultiheadAttention):
+    """mmcv's ``MultiheadAttention`` computed with ``F.scaled_dot_product_attention``.
 
     Same constructor, forward and state dict as ``mmcv.cnn.bricks.transformer.MultiheadAttention``
-    (mmcv 2.1.0): the projections live in an ``nn.MultiheadAttention`` named ``attn``
-    (``attn.in_proj_weight``, ``attn.in_proj_bias``, ``attn.out_proj.weight/bias``) and are
-    initialised by it; only the computation differs. Key padding and attention masks are folded
-    into one additive mask with the package's convention: boolean masks are True where a query
-    may not attend a key and become :func:`~crossformer_mm.models.layers.mask_value` (a large
-    finite negative) there; float masks are added as they are.
+    (mmcv 2.1.0), whose subclass it is: the projections live in an ``nn.MultiheadAttention``
+    named ``attn`` (``attn.in_proj_weight``, ``attn.in_proj_bias``, ``attn.out_proj.weight/bias``)
+    and are initialised by it; only the computation differs. Key padding and attention masks are
+    folded into one additive mask with the package's convention: boolean masks are True where a
+    query may not attend a key and become :func:`~crossformer_mm.models.layers.mask_value` (a
+    large finite negative) there; float masks are added as they are. :func:`swap_attention`
+    switches built mmcv modules to this class.
 
-    Args:
-        embed_dims: Embedding dimension.
-        num_heads: Attention heads; must divide ``embed_dims``.
-        attn_drop: Dropout on the attention probabilities. Default: 0.
-        proj_drop: Dropout after the output projection. Default: 0.
-        dropout_layer: Dropout layer config on the output before the residual (mmcv's
-            ``build_dropout``). Default: ``Dropout(0)``.
-        init_cfg: mmengine initialisation config.
-        batch_first: Inputs are ``(bs, n, embed_dims)`` instead of ``(n, bs, embed_dims)``.
-        bias: Biases in the projections (``nn.MultiheadAttention``'s ``bias``). Default: True.
-        dropout: Deprecated mmcv alias: sets ``attn_drop`` and the ``dropout_layer`` probability.
+    Raises:
+        ValueError: ``num_heads`` does not divide ``embed_dims``.
     """
 
-    def __init__(self,
-                 embed_dims: int,
-                 num_heads: int,
-                 attn_drop: float = 0.,
-                 proj_drop: float = 0.,
-                 dropout_layer: Optional[dict] = None,
-                 init_cfg: Optional[dict] = None,
-                 batch_first: bool = False,
-                 bias: bool = True,
-                 dropout: Optional[float] = None) -> None:
-        super().__init__(init_cfg)
+    def __init__(self, embed_dims: int, num_heads: int, *args, **kwargs) -> None:
         if embed_dims % num_heads != 0:
             raise ValueError(f'embed_dims ({embed_dims}) must be divisible by num_heads '
                              f'({num_heads})')
-        dropout_layer = dict(type='Dropout', drop_prob=0.) if dropout_layer is None \
-            else dict(dropout_layer)
-        if dropout is not None:  # mmcv's deprecated spelling, used by mmdet's DETR configs
-            attn_drop = dropout
-            dropout_layer['drop_prob'] = dropout
-        self.embed_dims = embed_dims
-        self.num_heads = num_heads
-        self.batch_first = batch_first
-        self.attn = nn.MultiheadAttention(embed_dims, num_heads, attn_drop, bias=bias)
-        self.proj_drop = nn.Dropout(proj_drop)
-        self.dropout_layer = build_dropout(dropout_layer) if dropout_layer else nn.Identity()
-
-    @classmethod
-    def from_mmcv(cls, module: nn.Module) -> 'SDPAMultiheadAttention':
-        """The same attention as a built mmcv ``MultiheadAttention``: takes over its
-        ``attn``, ``proj_drop`` and ``dropout_layer`` modules (weights, device, mode)."""
-        new = cls(module.embed_dims, module.num_heads, batch_first=module.batch_first,
-                  init_cfg=module.init_cfg)
-        new.attn, new.proj_drop, new.dropout_layer = (module.attn, module.proj_drop,
-                                                      module.dropout_layer)
-        new.train(module.training)
-        return new
+        super().__init__(embed_dims, num_heads, *args, **kwargs)
 
     @staticmethod
     def _sdpa_mask(attn_mask: Optional[Tensor], key_padding_mask: Optional[Tensor], bs: int,
@@ -173,24 +133,23 @@ class SDPAMultiheadAttention(BaseModule):
         return identity + self.dropout_layer(self.proj_drop(out))
 
 
-#: mmcv's attention classes and the package's modules that replace them (same arguments, same
-#: parameters; each has a ``from_mmcv(module)`` constructor). A detector's
-#: ``attention_replacements`` defaults to this table.
+#: mmcv's attention classes and the package's subclasses their modules are switched to (only
+#: ``forward`` differs). A detector's ``attention_replacements`` defaults to this table.
 ATTENTION_REPLACEMENTS: Dict[Type[nn.Module], Type[nn.Module]] = {
     MultiheadAttention: SDPAMultiheadAttention,
-    MultiScaleDeformableAttention: MSDeformAttn,
+    MultiScaleDeformableAttention: MMCVMSDeformAttnOnKernels,
 }
 
 
 def swap_attention(model: nn.Module,
                    replacements: Optional[Mapping[Type[nn.Module], Type[nn.Module]]] = None
                    ) -> int:
-    """Replace, in place, the attention modules of a built model by the package's, same weights.
+    """Switch, in place, the class of the attention modules of a built model to the package's.
 
-    Every submodule whose class is a key of ``replacements`` becomes
-    ``replacements[type(m)].from_mmcv(m)``. The new modules are built under a forked random
-    generator, so the rest of the model draws the same random numbers as MMDetection's (same
-    seed, same initial weights).
+    Every submodule whose class is exactly a key of ``replacements`` gets the class
+    ``replacements[type(m)]``, a subclass that computes the same function with the same
+    parameters (the module, its parameters, buffers and hooks stay the same objects; nothing is
+    built, so no random number is drawn).
 
     Args:
         model: E.g. a built MMDetection ``DetrTransformerEncoder`` / ``Decoder`` or their
@@ -198,16 +157,13 @@ def swap_attention(model: nn.Module,
         replacements: Old class → new class; default :data:`ATTENTION_REPLACEMENTS`.
 
     Returns:
-        The number of modules replaced.
+        The number of modules switched.
     """
     table = ATTENTION_REPLACEMENTS if replacements is None else replacements
     count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            new_cls = table.get(type(child))
-            if new_cls is None:
-                continue
-            with torch.random.fork_rng(devices=[]):
-                setattr(parent, name, new_cls.from_mmcv(child))
+    for module in model.modules():
+        new_cls = table.get(type(module))
+        if new_cls is not None:
+            module.__class__ = new_cls
             count += 1
     return count
