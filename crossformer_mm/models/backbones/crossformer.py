@@ -34,6 +34,7 @@ from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, CrossScale
                                           group_reverse, pad_to_multiple, padding_mask_groups)
 from crossformer_mm.registry import register_model
 
+from ..utils import moved_names
 from .base import BackboneBase
 from .loading import backbone_state_dict
 
@@ -439,12 +440,10 @@ def convert_crossformer_checkpoint(checkpoint: Mapping[str, Any],
     return convert_crossformer_state_dict(backbone_state_dict(checkpoint, prefix))
 
 
-#: Load a checkpoint of any supported layout into a :class:`CrossFormer`:
-#: ``load_crossformer_checkpoint(model, checkpoint, strict=False, prefix=None,
-#: strict_structure=True, logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
-load_crossformer_checkpoint = CrossFormer.load_pretrained
-
-
 __all__ = ['CrossFormer', 'CrossFormerBlock', 'CrossFormerStage', 'CrossFormerAttention',
-           'group_geometry', 'convert_crossformer_checkpoint', 'convert_crossformer_state_dict',
-           'load_crossformer_checkpoint']
+           'group_geometry', 'convert_crossformer_checkpoint', 'convert_crossformer_state_dict']
+
+#: ``load_crossformer_checkpoint(model, ...)`` is ``model.load_pretrained(...)`` (deprecated).
+__getattr__ = moved_names(__name__, {
+    'load_crossformer_checkpoint':
+        'crossformer_mm.models.backbones.base:BackboneBase.load_pretrained'})

@@ -41,6 +41,7 @@ from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, DropPath, 
                                           shifted_window_mask, window_partition, window_reverse)
 from crossformer_mm.registry import register_model
 
+from ..utils import moved_names
 from .base import BackboneBase
 from .loading import backbone_state_dict
 
@@ -302,22 +303,14 @@ def unfold_to_official_order(v: Tensor) -> Tensor:
     order) into the official concatenation order (``(dw·2 + dh)·C + c``).
 
     Works on the ``reduction.weight`` ``(out, 4C)`` and on ``norm.weight/bias`` ``(4C,)``; the
-    inverse of the ``correct_unfold_*`` functions of MMDetection's ``swin_converter``.
+    inverse of the ``correct_unfold_*`` functions of MMDetection's ``swin_converter``. Used by
+    :func:`convert_swin_state_dict` on MMDetection / MMPretrain checkpoints.
     """
     if v.ndim == 2:
         out, in4 = v.shape
         return v.reshape(out, in4 // 4, 4)[:, :, _UNFOLD_PERM].transpose(1, 2).reshape(out, in4)
     in4 = v.shape[0]
     return v.reshape(in4 // 4, 4)[:, _UNFOLD_PERM].t().reshape(in4)
-
-
-def official_to_unfold_order(v: Tensor) -> Tensor:
-    """Inverse of :func:`unfold_to_official_order` (what MMDetection's converter does)."""
-    if v.ndim == 2:
-        out, in4 = v.shape
-        return v.reshape(out, 4, in4 // 4)[:, _UNFOLD_PERM].transpose(1, 2).reshape(out, in4)
-    in4 = v.shape[0]
-    return v.reshape(4, in4 // 4)[_UNFOLD_PERM].t().reshape(in4)
 
 
 def swin_checkpoint_layout(sd: Mapping[str, Any]) -> str:
@@ -390,12 +383,11 @@ def convert_swin_checkpoint(checkpoint: Mapping[str, Any], num_stages: int = 4,
     return convert_swin_state_dict(backbone_state_dict(checkpoint, prefix), num_stages)
 
 
-#: Load a checkpoint of any supported layout into a :class:`CFSwinTransformer`:
-#: ``load_swin_checkpoint(model, checkpoint, strict=False, prefix=None, strict_structure=True,
-#: logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
-load_swin_checkpoint = CFSwinTransformer.load_pretrained
-
-
 __all__ = ['CFSwinTransformer', 'SwinBlock', 'SwinStage', 'WindowAttention',
-           'convert_swin_checkpoint', 'convert_swin_state_dict', 'load_swin_checkpoint',
-           'swin_checkpoint_layout', 'unfold_to_official_order', 'official_to_unfold_order']
+           'convert_swin_checkpoint', 'convert_swin_state_dict',
+           'swin_checkpoint_layout', 'unfold_to_official_order']
+
+#: ``load_swin_checkpoint(model, ...)`` is ``model.load_pretrained(...)`` (deprecated).
+__getattr__ = moved_names(__name__, {
+    'load_swin_checkpoint':
+        'crossformer_mm.models.backbones.base:BackboneBase.load_pretrained'})

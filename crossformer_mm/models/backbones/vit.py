@@ -39,6 +39,7 @@ from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, DropPath, 
                                           to_2tuple, window_partition, window_reverse)
 from crossformer_mm.registry import register_model
 
+from ..utils import moved_names
 from .base import BackboneBase, ShapeSpec
 from .loading import backbone_state_dict
 
@@ -527,12 +528,11 @@ def _adapt_pos_embed(pos: Tensor, model: CFVisionTransformer,
     return new
 
 
-#: Load a checkpoint of any supported layout into a :class:`CFVisionTransformer`:
-#: ``load_vit_checkpoint(model, checkpoint, strict=False, prefix=None, strict_structure=True,
-#: logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
-load_vit_checkpoint = CFVisionTransformer.load_pretrained
-
-
 __all__ = ['CFVisionTransformer', 'ViTBlock', 'ViTAttention', 'SimpleFeaturePyramid',
            'LayerNorm2d', 'convert_vit_checkpoint', 'convert_vit_state_dict',
-           'load_vit_checkpoint', 'vit_checkpoint_layout']
+           'vit_checkpoint_layout']
+
+#: ``load_vit_checkpoint(model, ...)`` is ``model.load_pretrained(...)`` (deprecated).
+__getattr__ = moved_names(__name__, {
+    'load_vit_checkpoint':
+        'crossformer_mm.models.backbones.base:BackboneBase.load_pretrained'})

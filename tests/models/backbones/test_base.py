@@ -122,3 +122,18 @@ def test_prefix_that_matches_nothing(family) -> None:
     sd = FAMILIES[family]().state_dict()
     with pytest.raises(ValueError, match=r"no checkpoint key starts with prefix 'model\.'"):
         FAMILIES[family]().load_pretrained(sd, prefix='model.')
+
+
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_family_load_functions_are_deprecated_aliases(family) -> None:
+    """``load_<family>_checkpoint(model, ...)`` warns and is ``model.load_pretrained(...)``."""
+    import importlib
+    mod = importlib.import_module(f'crossformer_mm.models.backbones.{family}')
+    with pytest.warns(DeprecationWarning, match=f'load_{family}_checkpoint is deprecated.*'
+                      'load_pretrained'):
+        load = getattr(mod, f'load_{family}_checkpoint')
+    source = _randomized(FAMILIES[family](), 0)
+    target = _randomized(FAMILIES[family](), 1)
+    assert load(target, source.state_dict(), strict=True) == ([], [])
+    for a, b in zip(target.state_dict().values(), source.state_dict().values()):
+        assert torch.equal(a, b)
