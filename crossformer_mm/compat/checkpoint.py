@@ -33,7 +33,7 @@ import socket
 import tempfile
 import uuid
 import zipfile
-from typing import Any, Callable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
@@ -464,6 +464,34 @@ class UnsafeProbe:
 
 
 @contextlib.contextmanager
+def _probe_files(**objects: Any) -> Iterator[Tuple[str, Dict[str, str]]]:
+    """``torch.save`` each object into a file the loaders under probe can open by path; yield the
+    folder and ``{name: path}``. The files are gone on exit.
+
+    On Linux they are anonymous in-memory files (``os.memfd_create``, opened through
+    ``/proc/self/fd``), so probing writes nothing to disk; where the platform has no such files
+    they are written to a temporary folder, removed on exit.
+    """
+    if hasattr(os, 'memfd_create') and osp.isdir('/proc/self/fd'):
+        fds: Dict[str, int] = {}
+        try:
+            for name, obj in objects.items():
+                fds[name] = os.memfd_create(f'crossformer_mm_probe_{name}')
+                with open(fds[name], 'wb', closefd=False) as f:
+                    torch.save(obj, f)
+            yield '/proc/self/fd', {name: f'/proc/self/fd/{fd}' for name, fd in fds.items()}
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {name: osp.join(tmp, f'{name}.pth') for name in objects}
+        for name, obj in objects.items():
+            torch.save(obj, paths[name])
+        yield tmp, paths
+
+
+@contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     with open(os.devnull, 'w') as null, contextlib.redirect_stdout(null), \
             contextlib.redirect_stderr(null):
@@ -481,10 +509,9 @@ def local_loader_problem(load: Optional[Callable] = None) -> Optional[str]:
     from mmengine.logging import HistoryBuffer
     if load is None:
         from mmengine.runner.checkpoint import load_from_local as load
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
-        own, foreign = osp.join(tmp, 'own.pth'), osp.join(tmp, 'foreign.pth')
-        torch.save({'message_hub': {'loss': HistoryBuffer()}}, own)
-        torch.save({'state_dict': {}, 'meta': UnsafeProbe()}, foreign)
+    with _probe_files(own={'message_hub': {'loss': HistoryBuffer()}},
+                      foreign={'state_dict': {}, 'meta': UnsafeProbe()}) as (_, paths), _quiet():
+        own, foreign = paths['own'], paths['foreign']
         try:
             load(own, 'cpu')
         except Exception as err:
@@ -505,11 +532,11 @@ def http_loader_problem(load: Optional[Callable] = None) -> Optional[str]:
     (``torch.hub.load_state_dict_from_url`` defaults to ``weights_only=False``)."""
     if load is None:
         from mmengine.runner.checkpoint import load_from_http as load
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
-        src = osp.join(tmp, 'probe.pth')
-        torch.save({'meta': UnsafeProbe()}, src)
+    # The file is its own cache entry (the URL's file name in ``model_dir``), so the loader finds
+    # it cached and loads it as it would a finished download, without copying it.
+    with _probe_files(probe={'meta': UnsafeProbe()}) as (folder, paths), _quiet():
         try:
-            got = load(f'file://{src}', map_location='cpu', model_dir=osp.join(tmp, 'cache'),
+            got = load(f'file://{paths["probe"]}', map_location='cpu', model_dir=folder,
                        progress=False)
         except (pickle.UnpicklingError, CheckpointLoadError):
             return None
