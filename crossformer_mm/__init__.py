@@ -13,6 +13,6 @@ except ImportError:  # torch alone: the ops, nothing to register
     from . import ops  # noqa: F401
 else:
     from . import compat  # noqa: F401  (first: patches the stack before anything is built)
-    from . import datasets, models, ops  # noqa: F401
+    from . import datasets, engine, models, ops  # noqa: F401
 
 __all__ = ['__version__']

@@ -43,5 +43,8 @@ auto_scale_lr = dict(base_batch_size=4)
 
 default_hooks = dict(
     logger=dict(interval=20),
-    checkpoint=dict(interval=1, max_keep_ckpts=2))
+    checkpoint=dict(interval=1, max_keep_ckpts=2),
+    # Pictures (tools/test.py --show-dir) show one box per object: the predictions above 0.3,
+    # then NMS across classes. The evaluator still gets every class's detections (test_cfg).
+    visualization=dict(type='CFDetVisualizationHook', score_thr=0.3, iou_threshold=0.5))
 log_processor = dict(window_size=20)

@@ -74,6 +74,72 @@ def test_test_tool_evaluates_and_saves_pictures(tiny, trained):
     assert len(pictures) == 4
 
 
+def _test_run(tiny: Path, work: Path, draw: bool):
+    """tools/test.py's Runner for the trained tiny model, in this process: its metrics, the
+    predictions of every image and, with ``draw``, what the visualization hook drew."""
+    from crossformer_mm.utils.cli import build_runner, prepare_config
+    cfg = prepare_config(str(tiny / 'tiny.py'), str(work), None, 'none', ('test_dataloader', ))
+    cfg.load_from = str(tiny / 'work' / 'epoch_2.pth')
+    if draw:  # as `--show-dir vis`; the 2-epoch model scores everything far below 0.3
+        cfg.default_hooks.visualization.update(draw=True, test_out_dir='vis', score_thr=0.0)
+    runner = build_runner(cfg)
+    predicted, drawn = [], []
+    test_step = runner.model.test_step
+
+    def recording_test_step(data):
+        outputs = test_step(data)
+        predicted.extend(o.pred_instances.clone() for o in outputs)
+        return outputs
+
+    runner.model.test_step = recording_test_step
+    add_datasample = runner.visualizer.add_datasample
+
+    def recording_add_datasample(name, image, data_sample=None, **kwargs):
+        pred = data_sample.pred_instances
+        drawn.append(pred[pred.scores > kwargs['pred_score_thr']].clone())
+        return add_datasample(name, image, data_sample=data_sample, **kwargs)
+
+    runner.visualizer.add_datasample = recording_add_datasample
+    return runner.test(), predicted, drawn
+
+
+def test_pictures_show_one_box_per_object_region(tiny, trained, tmp_path):
+    """The demo config draws with CFDetVisualizationHook: of the predictions above the drawing
+    threshold, exactly those that greedy NMS across classes keeps (no two drawn boxes overlap by
+    more than 0.5 IoU; every box left out overlaps a better-scoring drawn one by more), while the
+    evaluator still scores every prediction: the metrics equal those of a run without pictures."""
+    from mmdet.structures.bbox import bbox_overlaps
+    plain, predicted, _ = _test_run(tiny, tmp_path / 'plain', draw=False)
+    metrics, predicted_again, drawn = _test_run(tiny, tmp_path / 'drawn', draw=True)
+    assert metrics == plain
+    assert len(drawn) == len(predicted) == 4
+    assert len(list((tmp_path / 'drawn').rglob('vis/*.jpg'))) == 4
+    piles = 0
+    for pred, again, shown in zip(predicted, predicted_again, drawn):
+        assert torch.equal(pred.bboxes, again.bboxes)  # drawing changed no prediction
+        above = pred[pred.scores > 0.0]
+        iou = bbox_overlaps(above.bboxes, above.bboxes)
+        other_class = above.labels[:, None] != above.labels[None, :]
+        piles += int(((iou > 0.5) & other_class).sum()) // 2
+        assert 0 < len(shown) < len(above)
+        # drawn boxes are predictions (same box, class and score), best first
+        same = (bbox_overlaps(shown.bboxes, above.bboxes) > 1 - 1e-6) & \
+            (shown.labels[:, None] == above.labels[None, :]) & \
+            (shown.scores[:, None] == above.scores[None, :])
+        assert same.any(1).all()
+        assert torch.all(shown.scores[:-1] >= shown.scores[1:])
+        # at most one drawn box per region ...
+        pair = bbox_overlaps(shown.bboxes, shown.bboxes)
+        pair.fill_diagonal_(0)
+        assert float(pair.max()) <= 0.5
+        # ... and every prediction left out overlaps a better drawn box by more than 0.5
+        left_out = ~same.any(0)
+        cover = bbox_overlaps(above.bboxes[left_out], shown.bboxes) > 0.5
+        better = shown.scores[None, :] >= above.scores[left_out][:, None]
+        assert (cover & better).any(1).all()
+    assert piles > 0  # the raw predictions do stack boxes of several classes on one region
+
+
 def test_missing_config_is_a_clear_error():
     assert_user_error(run([sys.executable, 'tools/train.py', 'configs/demo/nope.py']),
                       'error:', 'does not exist')
