@@ -3,6 +3,8 @@
 
 * :func:`time_fn`: best and median time of repeated calls after warm-up calls, with every call's
   wall and CPU time; wall clock (after an optional ``sync``) or CUDA events.
+* :class:`LapTimer`: splits one pass through a sequence of steps into named parts (the parts of
+  a training iteration), wall clock after an optional ``sync``.
 * :func:`peak_memory`: the peak memory growth of a block of code. On CUDA it is the growth of
   ``torch.cuda.max_memory_allocated``; on the CPU the growth of the process's peak resident set
   (``VmHWM``, reset to the current RSS through ``/proc/self/clear_refs`` on entry), so that one
@@ -139,6 +141,45 @@ def time_fn(fn: Callable[[], object], iters: int, warmup: int = 1,
                 times_s=times, cpu_s=cpu)
 
 
+class LapTimer:
+    """Charges the wall time of consecutive steps to named parts.
+
+    ``start()`` begins a pass; each ``lap(name)`` adds the time since the previous lap (or the
+    start) to ``parts[name]``, after calling ``sync`` (``torch.cuda.synchronize`` for GPU code, so
+    that queued work is charged to the step that issued it).
+
+    Example::
+
+        timer = LapTimer()
+        timer.start()
+        batch = next(loader)
+        timer.lap('data')
+        loss = model(batch)
+        timer.lap('forward')
+        print(timer.parts)  # {'data': ..., 'forward': ...}
+    """
+
+    def __init__(self, sync: Optional[Callable[[], None]] = None) -> None:
+        self.sync = sync
+        self.parts: Dict[str, float] = {}
+        self._last = 0.0
+
+    def start(self) -> None:
+        """Begins a pass: forgets the parts of the previous one."""
+        self.parts = {}
+        if self.sync is not None:
+            self.sync()
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        """Adds the seconds since the previous lap to ``parts[name]``."""
+        if self.sync is not None:
+            self.sync()
+        now = time.perf_counter()
+        self.parts[name] = self.parts.get(name, 0.0) + now - self._last
+        self._last = now
+
+
 def _status_bytes(field: str) -> int:
     """A ``kB`` field of ``/proc/self/status`` in bytes."""
     with open('/proc/self/status') as f:
@@ -215,5 +256,5 @@ def run_case(argv: List[str], env: Optional[Dict[str, str]] = None,
     return json.loads(lines[-1])
 
 
-__all__ = ['ISA_ENV', 'MEMORY_ENV', 'code_label', 'cpu_description', 'require_isa', 'time_fn',
-           'peak_memory', 'run_case']
+__all__ = ['ISA_ENV', 'LapTimer', 'MEMORY_ENV', 'code_label', 'cpu_description', 'require_isa',
+           'time_fn', 'peak_memory', 'run_case']
