@@ -13,6 +13,14 @@ from mmengine.structures import InstanceData
 from crossformer_mm.engine import CFDetVisualizationHook
 
 
+@pytest.fixture(scope='module', autouse=True)
+def visualizer():
+    """The hook draws with the current visualizer (the Runner builds one before its hooks)."""
+    vis = VISUALIZERS.build(dict(type='DetLocalVisualizer', name='hook-test'))
+    vis.dataset_meta = dict(classes=('circle', 'square', 'triangle', 'star', 'cross'))
+    return vis
+
+
 def sample_with_pile(img_path: str = '') -> DetDataSample:
     """One object predicted as three classes (and once more, shifted), a second object, and a
     weak box: what a hesitant dense detector returns after per-class NMS."""
@@ -65,11 +73,9 @@ def test_sample_without_predictions_and_bad_threshold():
         CFDetVisualizationHook(iou_threshold=1.5)
 
 
-def test_after_test_iter_draws_the_answer(tmp_path):
+def test_after_test_iter_draws_the_answer(tmp_path, visualizer):
     image = np.full((160, 160, 3), 255, np.uint8)
     cv2.imwrite(str(tmp_path / 'img.jpg'), image)
-    visualizer = VISUALIZERS.build(dict(type='DetLocalVisualizer', name='hook-test'))
-    visualizer.dataset_meta = dict(classes=('circle', 'square', 'triangle', 'star', 'cross'))
     hook = HOOKS.build(dict(type='CFDetVisualizationHook', draw=True, test_out_dir='vis'))
     assert isinstance(hook, CFDetVisualizationHook) and hook.score_thr == 0.3
     seen = []
