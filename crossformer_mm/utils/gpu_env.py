@@ -194,6 +194,16 @@ def parse_key(key: str) -> tuple:
     return m.group(1), caps
 
 
+def installed_mmcv_build(prefix: Optional[str] = None) -> Optional[tuple]:
+    """``(torch tag, capabilities)`` of the mmcv the setup installed into the environment at
+    ``prefix`` (default: the running interpreter's), from its record; None when not recorded."""
+    record = Path(prefix or sys.prefix) / MMCV_RECORD
+    try:
+        return parse_key(record.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading the machine
 
@@ -323,9 +333,7 @@ def gpu_targets(gpus: Sequence[GPU], knob: Optional[str]) -> list:
                               f'{format_capability(gpu.capability)}, which this setup does not '
                               f'know: set {ARCHS_KNOB} to the archs to build for, or install a '
                               'torch that supports it and set CFM_TORCH')
-    unknown = [g for g in gpus if g.capability is None]
-    if unknown and all(g.capability is None for g in gpus):
-        return []  # only a too-old driver hides them; choose_torch says so
+    # A driver too old to report compute capabilities leaves none here; choose_torch says so.
     return sorted({g.capability for g in gpus if g.capability is not None})
 
 

@@ -137,6 +137,12 @@ def test_arch_key_round_trips_and_keeps_the_cpu_key() -> None:
         gpu_env.parse_key('mmcv-2.1.0')
 
 
+def test_installed_mmcv_build_reads_the_record(tmp_path: Path) -> None:
+    assert gpu_env.installed_mmcv_build(str(tmp_path)) is None
+    (tmp_path / gpu_env.MMCV_RECORD).write_text('torch-2.14.1_cu126-cuda-sm70\n')
+    assert gpu_env.installed_mmcv_build(str(tmp_path)) == ('2.14.1_cu126', [(7, 0)])
+
+
 def test_driver_minimums_and_nvcc_arch_ranges() -> None:
     assert gpu_env.min_driver_for_cuda('12.6') == (525, 60, 13)
     assert gpu_env.min_driver_for_cuda('13.0') == (580,)
