@@ -23,6 +23,7 @@
 #   CFM_TORCH     torch (and torchvision) requirements on machines without a CUDA torch
 #                 (default: "torch==2.14.1 torchvision==0.29.1": CUDA builds, which also run on a
 #                 CPU-only machine; "torch==2.13.0" selects the CPU-only wheel without torchvision)
+#   CFM_NUMPY     the numpy requirement (default: "numpy>=2,<3"; "numpy==1.26.4" for torch < 2.3)
 # If the interpreter already has a CUDA build of torch, the environment is created with
 # --system-site-packages and that torch (and its torchvision, if any) is kept; mmcv is then built
 # with its CUDA ops when a GPU is visible.
@@ -33,6 +34,7 @@ VENV=${CFM_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 CACHE=${CFM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crossformer_mm}
 TORCH_REQ=${CFM_TORCH:-torch==2.14.1 torchvision==0.29.1}
+NUMPY_REQ=${CFM_NUMPY:-numpy>=2,<3}
 STACK=${CFM_STACK:-upstream}
 case "$STACK" in
   upstream) MM_REQ=requirements/mminstall.txt; OTHER_REQ=requirements/mminstall-onedl.txt ;;
@@ -100,7 +102,7 @@ pip_install() {
 
 # 2. Build tools, then torch (an installed torch is kept as it is).
 log "installing build tools"
-pip_install -q -r "$ROOT/requirements/build.txt" "numpy>=2,<3"
+pip_install -q -r "$ROOT/requirements/build.txt" "$NUMPY_REQ"
 if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
   log "installing $TORCH_REQ"
   # shellcheck disable=SC2086  (the knob holds several requirements)
@@ -165,7 +167,7 @@ fi
 # 4. The rest of the stack, the test tools, and the package itself (editable, with its native op).
 log "installing the $STACK OpenMMLab stack and test requirements"
 pip_install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/$MM_REQ" \
-  -r "$ROOT/requirements/tests.txt"
+  -r "$ROOT/requirements/tests.txt" "$NUMPY_REQ"
 log "installing crossformer_mm (editable, builds the native op)"
 pip_install -q --no-build-isolation --no-deps -e "$ROOT"
 
