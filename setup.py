@@ -76,7 +76,7 @@ setup(
     packages=find_packages(include=['crossformer_mm', 'crossformer_mm.*']),
     python_requires='>=3.9',
     # torch and numpy floors only: no OpenMMLab package, no numpy major version is forced.
-    install_requires=read_requirements('runtime.txt'),
+    install_requires=floors('torch') + read_requirements('runtime.txt'),
     extras_require={
         **TOOLBOX_EXTRAS,
         # The three toolboxes: mmcv in the range all of them accept.
