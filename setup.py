@@ -75,9 +75,12 @@ setup(
     'DETR-family detectors for OpenMMLab 2.x',
     packages=find_packages(include=['crossformer_mm', 'crossformer_mm.*']),
     python_requires='>=3.9',
-    # torch and numpy floors only: no OpenMMLab package, no numpy major version is forced.
-    install_requires=floors('torch') + read_requirements('runtime.txt'),
+    # The numpy floor only: no OpenMMLab package, no numpy major version is forced. torch's floor
+    # is an extra and checked at import: as a requirement, pip re-resolves the installed torch's
+    # own dependencies and replaces that torch (a CUDA build) when one of them was changed.
+    install_requires=read_requirements('runtime.txt'),
     extras_require={
+        'torch': floors('torch'),
         **TOOLBOX_EXTRAS,
         # The three toolboxes: mmcv in the range all of them accept.
         'mm': floors('mmengine') + [floors('mmcv')[0] + MMCV_CEILING['mmdet']] + floors(

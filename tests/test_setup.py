@@ -1,6 +1,6 @@
-"""Installing the package changes nothing else: its declared requirements are torch and numpy
-floors that admit numpy 1.x and 2.x, no OpenMMLab package; and pip, asked to install it into this
-environment (which holds the whole stack), would install the package alone."""
+"""Installing the package changes nothing else: its one requirement is a numpy floor that admits
+numpy 1.x and 2.x (torch and the OpenMMLab packages are extras); and pip, asked to install it into
+this environment (which holds the whole stack), would install the package alone."""
 import json
 import os
 import shutil
@@ -40,14 +40,16 @@ def test_install_into_the_stack_changes_no_other_distribution(tmp_path):
     assert [item['metadata']['name'] for item in installs] == ['crossformer_mm']
     required = [Requirement(r) for r in installs[0]['metadata'].get('requires_dist', [])]
     plain = [r for r in required if r.marker is None]
-    assert sorted(r.name for r in plain) == ['numpy', 'torch']
-    by_name = {r.name: r.specifier for r in plain}
-    assert by_name['torch'].contains('2.1.0') and not by_name['torch'].contains('2.0.1')
-    # numpy: the floor, and both majors users have.
-    numpy = by_name['numpy']
+    # numpy alone, at its floor, admitting both majors users have.
+    assert [r.name for r in plain] == ['numpy']
+    numpy = plain[0].specifier
     assert numpy.contains(MIN_VERSIONS['numpy'] + '.0') and numpy.contains('2.2.0')
     assert not numpy.contains('1.25.2')
-    # The OpenMMLab packages come only with an extra the user asks for, as floors.
+    # torch and the OpenMMLab packages come only with an extra the user asks for, as floors.
+    extras = [r for r in required if r.marker is not None]
+    torch = [r for r in extras if r.name == 'torch']
+    assert [str(r.marker) for r in torch] == ['extra == "torch"']
+    assert torch[0].specifier.contains('2.1.0') and not torch[0].specifier.contains('2.0.1')
     for r in required:
         if r.name in OPENMMLAB:
             assert r.marker is not None and 'extra' in str(r.marker), r
