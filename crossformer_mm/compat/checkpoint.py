@@ -56,11 +56,15 @@ class CheckpointLoadError(RuntimeError):
 # Weights-only loading
 # --------------------------------------------------------------------------------------------
 def _is_torch_file(path: str) -> bool:
-    """Whether ``path`` looks like a ``torch.save`` file (zip archive or legacy pickle)."""
+    """Whether ``path`` looks like a ``torch.save`` file (zip archive, possibly torn, or legacy
+    pickle)."""
     if zipfile.is_zipfile(path):
         return True
     with open(path, 'rb') as f:
-        return f.read(1) == b'\x80'  # pickle protocol >= 2, used by legacy torch.save
+        head = f.read(4)
+    # A torn zip (a truncated copy or download) keeps its local-header magic: reading it names
+    # what is wrong ("failed finding central directory").
+    return head == b'PK\x03\x04' or head[:1] == b'\x80'  # pickle protocol >= 2 (legacy save)
 
 
 def _is_weights_only_refusal(err: BaseException) -> bool:
@@ -110,6 +114,25 @@ def load_weights_file(path: str, map_location: MapLocation = None, source: Optio
             f'refuses it and it is not unpickled. {refused_hint}'.strip()) from None
     except Exception as err:  # truncated zip, corrupt pickle stream, ...
         raise CheckpointLoadError(f'{src} is not a readable PyTorch checkpoint ({_short(err)}); '
+                                  'expected a complete file written by torch.save') from None
+
+
+def load_trusted_file(path: str, map_location: MapLocation = None) -> Any:
+    """``torch.load(path, weights_only=False)`` for a file the user vouches for, with the
+    one-line errors of :func:`load_weights_file` for what is not a complete torch file.
+
+    Raises:
+        CheckpointLoadError: the file is missing, not a torch file, or torn.
+    """
+    if not osp.isfile(path):
+        raise CheckpointLoadError(f'{path} does not exist (or is not a file)')
+    if not _is_torch_file(path):
+        raise CheckpointLoadError(f'{path} is not a PyTorch checkpoint (neither a zip archive nor '
+                                  'a pickle); expected a file written by torch.save')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated zip, corrupt pickle stream, missing class, ...
+        raise CheckpointLoadError(f'{path} is not a readable PyTorch checkpoint ({_short(err)}); '
                                   'expected a complete file written by torch.save') from None
 
 
@@ -220,12 +243,17 @@ def signature_problem(path: str) -> Optional[str]:
     return None
 
 
+#: The tool that writes a weights-only copy of a whole-model checkpoint; backbone loaders name
+#: their family's converter instead (see ``read_weights_file``).
+WEIGHTS_ONLY_TOOL = 'tools/model_converters/to_weights_only.py'
+
+
 def local_refusal_hint(path: str, problem: Optional[str]) -> str:
     why = f' It is not a verified training checkpoint: {problem}.' if problem else ''
     return (f'{why} To resume from a training checkpoint, use it inside the work dir that wrote it;'
             f' if you trust a file from elsewhere, sign it with `python '
-            f'tools/misc/trust_checkpoint.py {path}`, or convert it to plain weights with '
-            f'tools/model_converters/*_to_mm.py SRC DST --unsafe-pickle.').strip()
+            f'tools/misc/trust_checkpoint.py {path}`, or write a weights-only copy with `python '
+            f'{WEIGHTS_ONLY_TOOL} {path} DST --unsafe-pickle` and use DST.').strip()
 
 
 def load_local_checkpoint(filename: str, map_location: MapLocation = None) -> Any:
@@ -360,8 +388,8 @@ def hub_checkpoint_dir() -> str:
 
 
 URL_REFUSED_HINT = ('Only plain weight files are loaded from URLs. If you trust its source, '
-                    'download it yourself and convert it with tools/model_converters/*_to_mm.py '
-                    'SRC DST --unsafe-pickle, then use DST.')
+                    f'download it yourself and write a weights-only copy with `python '
+                    f'{WEIGHTS_ONLY_TOOL} SRC DST --unsafe-pickle`, then use DST.')
 
 
 def download_to_cache(url: str, model_dir: Optional[str] = None, progress: bool = False) -> str:
@@ -508,5 +536,5 @@ def http_loader_problem(load: Optional[Callable] = None) -> Optional[str]:
 
 __all__ = ['CheckpointLoadError', 'checkpoint_is_complete', 'download_to_cache',
            'find_resume_checkpoint', 'folder_key', 'hub_checkpoint_dir', 'load_local_checkpoint',
-           'load_url_weights', 'load_weights', 'load_weights_file', 'remove_torn_files',
-           'sign_checkpoint', 'signature_problem', 'write_checkpoint']
+           'load_trusted_file', 'load_url_weights', 'load_weights', 'load_weights_file',
+           'remove_torn_files', 'sign_checkpoint', 'signature_problem', 'write_checkpoint']

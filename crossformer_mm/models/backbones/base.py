@@ -28,7 +28,7 @@ from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...compat.checkpoint import CheckpointLoadError, load_weights
+from ...compat.checkpoint import WEIGHTS_ONLY_TOOL, CheckpointLoadError, load_weights
 from ..layers import Attention
 
 
@@ -354,7 +354,7 @@ def read_weights_file(path: str, converter: str) -> Any:
     try:
         return load_weights(path, map_location='cpu')
     except CheckpointLoadError as err:
-        raise CheckpointLoadError(str(err).replace('tools/model_converters/*_to_mm.py',
+        raise CheckpointLoadError(str(err).replace(WEIGHTS_ONLY_TOOL,
                                                    f'tools/model_converters/{converter}.py')
                                   ) from None
 
