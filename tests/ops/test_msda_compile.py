@@ -8,8 +8,8 @@ Inductor, the default backend."""
 import pytest
 import torch
 
-from crossformer_mm.ops import MSDeformAttn, ms_deform_attn
-from crossformer_mm.ops import msda as msda_module
+from crossformer_mm.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
+from crossformer_mm.ops.msda import function as msda_function
 
 from test_msda import _module_inputs, _randomise, make_inputs, max_diff  # noqa: E402
 
@@ -52,8 +52,8 @@ def test_compiled_op_dynamic_query_count():
 def test_compile_without_kernel_needs_static_shapes(monkeypatch):
     """The PyTorch fallback reads the level sizes: under compile, tensor shapes are refused with
     an error naming the fix; a static tuple works."""
-    monkeypatch.setattr(msda_module, '_EXT', None)
-    monkeypatch.setattr(msda_module, '_WARNED', {'cpu'})
+    monkeypatch.setattr(msda_function, '_EXT', None)
+    monkeypatch.setattr(msda_function, '_WARNED', {'cpu'})
     value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
     compiled = torch.compile(ms_deform_attn, fullgraph=True, backend='aot_eager')
     with pytest.raises(Exception, match=r'spatial_shapes as a tuple of \(H, W\) ints'):
@@ -61,7 +61,7 @@ def test_compile_without_kernel_needs_static_shapes(monkeypatch):
     torch._dynamo.reset()
     static = [tuple(hw) for hw in shapes.tolist()]
     out = compiled(value, static, None, loc, attn)
-    assert max_diff(out, msda_module.ms_deform_attn_pytorch(value, shapes, starts, loc,
+    assert max_diff(out, ms_deform_attn_pytorch(value, shapes, starts, loc,
                                                             attn)) <= 1e-6
 
 
@@ -104,13 +104,13 @@ def test_exported_module_matches_eager():
 def _encoder_layer():
     from mmdet.models.layers import DeformableDetrTransformerEncoderLayer
 
-    from crossformer_mm.models.layers.detr_layers import swap_attention
+    from crossformer_mm.models import replace_mmcv_msda
     torch.manual_seed(0)
     layer = DeformableDetrTransformerEncoderLayer(
         self_attn_cfg=dict(embed_dims=32, num_heads=4, num_levels=2, num_points=2,
                            dropout=0.0, batch_first=True),
         ffn_cfg=dict(embed_dims=32, feedforward_channels=64, ffn_drop=0.0))
-    assert swap_attention(layer) == 1
+    assert replace_mmcv_msda(layer) == 1
     _randomise(layer)
     inputs = _module_inputs(batch_first=True)
     kwargs = dict(query=inputs['value'], query_pos=torch.randn_like(inputs['value']),
