@@ -152,6 +152,10 @@ def test_mmseg_vit_config_switches_by_type(tmp_path) -> None:
     backbone.pop('type')
     src = VisionTransformer(**backbone)
     randomize(src, seed=7)
+    with torch.no_grad():  # block weights of a trained scale (std 0.02) keep ViT-B's 12 blocks tame
+        for name, p in src.named_parameters():
+            if name.startswith('layers.') and p.ndim == 2:
+                p.mul_(0.2)
     ckpt = tmp_path / 'vit-b16_mmseg.pth'
     torch.save(src.state_dict(), ckpt)
     ref = build_mmseg_config_model('VisionTransformer', ckpt)
@@ -162,8 +166,9 @@ def test_mmseg_vit_config_switches_by_type(tmp_path) -> None:
     x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         expected, got = ref.backbone(x), ours.backbone(x)
-        assert max(e.abs().max().item() for e in expected) > 0.5  # weights were loaded
-        assert max_diff(got, expected) <= 1e-4
+        scale = max(e.abs().max().item() for e in expected)
+        assert scale > 0.5  # weights were loaded
+        assert max_diff(got, expected) <= 1e-4 * max(1.0, scale)
 
 
 @pytest.mark.parametrize('arg, value, needle', [
