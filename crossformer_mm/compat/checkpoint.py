@@ -80,7 +80,9 @@ def _short(err: BaseException) -> str:
             return line.split('was not an allowed global')[0].replace('WeightsUnpickler error: ',
                                                                        '').strip()
     for line in lines:
-        if 'invalid load key' in line or 'failed finding central directory' in line:
+        if 'failed finding central directory' in line:  # torch explains it at length after this
+            return line.split('directory')[0] + 'directory (a truncated or damaged zip archive)'
+        if 'invalid load key' in line:
             return line
     return lines[0] if lines else type(err).__name__
 
