@@ -283,7 +283,9 @@ def build_mmdet_config_model(backbone_type: str, checkpoint: Path) -> torch.nn.M
     from mmdet.registry import MODELS
     from mmengine.config import Config
     from mmengine.registry import DefaultScope
-    cfg = Config.fromfile(MMDET_SWIN_CONFIG)
+    user_config = checkpoint.parent / f'{backbone_type}.py'  # a user's config: the base only
+    user_config.write_text(f"_base_ = '{MMDET_SWIN_CONFIG}'\n")
+    cfg = Config.fromfile(str(user_config))
     cfg.model.backbone.type = backbone_type
     cfg.model.backbone.init_cfg.checkpoint = str(checkpoint)
     with DefaultScope.overwrite_default_scope('mmdet'):

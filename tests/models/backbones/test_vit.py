@@ -129,13 +129,20 @@ def test_position_interpolation_is_exercised(mmseg_vit: torch.nn.Module) -> None
 MMSEG_VIT_CONFIG = 'mmseg::vit/vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py'
 
 
+def load_mmseg_vit_config(folder: Path):
+    """MMSegmentation's config as a user's config file would take it (its base only)."""
+    from mmengine.config import Config
+    user_config = folder / 'user_config.py'
+    user_config.write_text(f"_base_ = '{MMSEG_VIT_CONFIG}'\n")
+    return Config.fromfile(str(user_config))
+
+
 def build_mmseg_config_model(backbone_type: str, checkpoint: Path) -> torch.nn.Module:
     """MMSegmentation's ViT-B UPerNet from its own config, with ``backbone.type`` replaced and its
     ``pretrained`` file replaced by a local one; weights initialised as the Runner does."""
-    from mmengine.config import Config
     from mmengine.registry import DefaultScope
     from mmseg.registry import MODELS
-    cfg = Config.fromfile(MMSEG_VIT_CONFIG)
+    cfg = load_mmseg_vit_config(checkpoint.parent)
     cfg.model.backbone.type = backbone_type
     cfg.model.pretrained = str(checkpoint)
     with DefaultScope.overwrite_default_scope('mmseg'):
@@ -146,9 +153,8 @@ def build_mmseg_config_model(backbone_type: str, checkpoint: Path) -> torch.nn.M
 
 def test_mmseg_vit_config_switches_by_type(tmp_path) -> None:
     """Same config (no final norm, no patch bias, LN eps 1e-6), same weights, same outputs."""
-    from mmengine.config import Config
     from mmseg.models.backbones.vit import VisionTransformer
-    backbone = dict(Config.fromfile(MMSEG_VIT_CONFIG).model.backbone)
+    backbone = dict(load_mmseg_vit_config(tmp_path).model.backbone)
     backbone.pop('type')
     src = VisionTransformer(**backbone)
     randomize(src, seed=7)
