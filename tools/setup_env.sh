@@ -4,7 +4,7 @@
 # a stamp and a few imports, and never rebuilds mmcv.
 #
 #   bash tools/setup_env.sh            # torch 2.14.1 + torchvision 0.29.1 (the users' stack)
-#   CFM_TORCH=torch==2.13.0 bash tools/setup_env.sh   # the CPU-only torch, without torchvision
+#   CFM_TORCH=torch==2.13.0 bash tools/setup_env.sh   # another torch, without torchvision
 #   PYTHON=/path/to/python bash tools/setup_env.sh
 #   CFM_STACK=onedl CFM_VENV=$PWD/.venv-onedl bash tools/setup_env.sh   # the OneDL forks
 #
@@ -22,7 +22,9 @@
 #                 (default: ~/.cache/crossformer_mm)
 #   CFM_TORCH     torch (and torchvision) requirements on machines without a CUDA torch
 #                 (default: "torch==2.14.1 torchvision==0.29.1": CUDA builds, which also run on a
-#                 CPU-only machine; "torch==2.13.0" selects the CPU-only wheel without torchvision)
+#                 CPU-only machine; "torch==2.13.0" installs that torch without torchvision: the
+#                 CPU-only build where the pip index serves one, e.g. PyTorch's CPU index through
+#                 PIP_INDEX_URL, or a local CPU wheel; PyPI's Linux wheel is a CUDA build)
 #   CFM_NUMPY     the numpy requirement (default: "numpy>=2,<3"; "numpy==1.26.4" for torch < 2.3)
 # If the interpreter already has a CUDA build of torch, the environment is created with
 # --system-site-packages and that torch (and its torchvision, if any) is kept; mmcv is then built
