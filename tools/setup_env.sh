@@ -4,7 +4,7 @@
 # a stamp and a few imports, and never rebuilds mmcv.
 #
 #   bash tools/setup_env.sh            # torch 2.14.1 + torchvision 0.29.1 (the users' stack)
-#   CFM_TORCH=torch==2.13.0 bash tools/setup_env.sh   # the CPU-only torch, without torchvision
+#   CFM_TORCH=torch==2.13.0 bash tools/setup_env.sh   # another torch, without torchvision
 #   PYTHON=/path/to/python bash tools/setup_env.sh
 #   CFM_STACK=onedl CFM_VENV=$PWD/.venv-onedl bash tools/setup_env.sh   # the OneDL forks
 #
@@ -23,7 +23,10 @@
 #   CFM_TORCH     torch (and torchvision) requirements on machines without a CUDA torch
 #                 (default: chosen for the GPU targets, below; without any, "torch==2.14.1
 #                 torchvision==0.29.1": CUDA 13.0 builds, which also run on a CPU-only machine;
-#                 "torch==2.13.0" selects the CPU-only wheel without torchvision)
+#                 "torch==2.13.0" installs that torch without torchvision: the CPU-only build
+#                 where the pip index serves one, e.g. PyTorch's CPU index through PIP_INDEX_URL,
+#                 or a local CPU wheel; PyPI's Linux wheel is a CUDA build)
+#   CFM_NUMPY     the numpy requirement (default: "numpy>=2,<3"; "numpy==1.26.4" for torch < 2.3)
 #   CFM_CUDA_ARCHS  the GPUs to serve, as compute capabilities, e.g. "7.0;8.0;9.0" (default: those
 #                 of the GPUs nvidia-smi lists; none on a machine without NVIDIA GPUs; "cpu": no
 #                 GPU target). Set it on a node without GPUs (a login node) for the GPU nodes.
@@ -42,6 +45,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${CFM_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 CACHE=${CFM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crossformer_mm}
+NUMPY_REQ=${CFM_NUMPY:-numpy>=2,<3}
 STACK=${CFM_STACK:-upstream}
 case "$STACK" in
   upstream) MM_REQ=requirements/mminstall.txt; OTHER_REQ=requirements/mminstall-onedl.txt ;;
@@ -115,7 +119,7 @@ pip_install() {
 
 # 2. Build tools, then torch (an installed torch is kept as it is).
 log "installing build tools"
-pip_install -q -r "$ROOT/requirements/build.txt" "numpy>=2,<3"
+pip_install -q -r "$ROOT/requirements/build.txt" "$NUMPY_REQ"
 # The torch build for the GPU targets (one line: which, and why); an installed torch is kept.
 INSTALLED_TORCH=$("$VPY" -c "import torch; print(torch.__version__, torch.version.cuda or 'none')" 2>/dev/null || true)
 # shellcheck disable=SC2086  (version and CUDA: two words)
@@ -221,7 +225,7 @@ fi
 # 4. The rest of the stack, the test tools, and the package itself (editable, with its native op).
 log "installing the $STACK OpenMMLab stack and test requirements"
 pip_install -q -r "$ROOT/requirements/runtime.txt" -r "$ROOT/$MM_REQ" \
-  -r "$ROOT/requirements/tests.txt"
+  -r "$ROOT/requirements/tests.txt" "$NUMPY_REQ"
 log "installing crossformer_mm (editable, builds the native op)"
 pip_install -q --no-build-isolation --no-deps -e "$ROOT"
 
