@@ -6,17 +6,32 @@ installed torch (``tools/setup_env.sh`` does this).
 """
 import glob
 import os
-import re
-from typing import List
+import runpy
+from typing import Dict, List
 
 from setuptools import find_packages, setup
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 
 
-def read_version() -> str:
-    with open(os.path.join(ROOT, 'crossformer_mm', 'version.py')) as f:
-        return re.search(r"__version__ = '([^']+)'", f.read()).group(1)
+#: crossformer_mm/version.py: the package version and the tested floors of its dependencies.
+ABOUT = runpy.run_path(os.path.join(ROOT, 'crossformer_mm', 'version.py'))
+
+
+def floors(*names: str) -> List[str]:
+    """``dist>=floor`` for each import name, from ``MIN_VERSIONS``."""
+    return [f"{ABOUT['DISTRIBUTIONS'].get(n, n)}>={ABOUT['MIN_VERSIONS'][n]}" for n in names]
+
+
+#: The mmcv range each toolbox asserts when imported (mmdet 3.3, mmseg 1.2.2: < 2.2.0; mmpretrain
+#: 1.2.0: < 2.4.0) without declaring it.
+MMCV_CEILING = {'mmdet': ',<2.2.0', 'mmseg': ',<2.2.0', 'mmpretrain': ',<2.4.0'}
+
+#: One extra per toolbox (``pip install crossformer_mm[mmdet]``): the oldest tested versions of the
+#: upstream stack, never a pin. Not needed where the toolbox is installed already.
+TOOLBOX_EXTRAS: Dict[str, List[str]] = {
+    toolbox: floors('mmengine') + [floors('mmcv')[0] + ceiling] + floors(toolbox)
+    for toolbox, ceiling in MMCV_CEILING.items()}
 
 
 def read_requirements(name: str) -> List[str]:
@@ -55,14 +70,21 @@ ext_modules, cmdclass = native_extensions()
 
 setup(
     name='crossformer_mm',
-    version=read_version(),
+    version=ABOUT['__version__'],
     description='CrossFormer, Swin and ViT backbones, a multi-scale deformable attention op and '
     'DETR-family detectors for OpenMMLab 2.x',
     packages=find_packages(include=['crossformer_mm', 'crossformer_mm.*']),
     python_requires='>=3.9',
+    # The numpy floor only: no OpenMMLab package, no numpy major version is forced. torch's floor
+    # is an extra and checked at import: as a requirement, pip re-resolves the installed torch's
+    # own dependencies and replaces that torch (a CUDA build) when one of them was changed.
     install_requires=read_requirements('runtime.txt'),
     extras_require={
-        'mm': read_requirements('mminstall.txt'),
+        'torch': floors('torch'),
+        **TOOLBOX_EXTRAS,
+        # The three toolboxes: mmcv in the range all of them accept.
+        'mm': floors('mmengine') + [floors('mmcv')[0] + MMCV_CEILING['mmdet']] + floors(
+            'mmdet', 'mmseg', 'mmpretrain'),
         'tests': read_requirements('tests.txt'),
         'optional': read_requirements('optional.txt'),
     },

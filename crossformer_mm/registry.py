@@ -1,22 +1,64 @@
-"""Registration of the package's modules into the OpenMMLab registries.
+"""Registration of the package's modules into the OpenMMLab registries that are installed.
 
-Modules are registered directly into ``mmdet.registry.MODELS``, ``mmseg.registry.MODELS`` and
-``mmpretrain.registry.MODELS`` (the way mmdet's ``projects/`` do), under names that no upstream
-package uses, so a config written for any of the three finds them by ``type`` without a scope
-prefix. ``mmpretrain.registry`` imports without torchvision; ``mmpretrain.models`` does not, so only
-the registry is touched here.
+Modules are registered directly into the ``MODELS`` registry of each installed toolbox — mmdet,
+mmseg, mmpretrain: any of them alone is a normal environment — (the way mmdet's ``projects/`` do),
+under names that no upstream package uses, so a config written for any of them finds them by
+``type`` without a scope prefix. ``mmpretrain.registry`` imports without torchvision;
+``mmpretrain.models`` does not, so only the registry is touched here.
+
+The modules that subclass one toolbox's classes (:data:`TOOLBOX_ONLY`: the DETR detectors and
+heads need mmdet) load only where that toolbox is installed. Where it is not, their names are
+registered in the present registries as builders that raise :class:`MissingToolboxError`, so a
+config naming one fails with one line saying which package to install.
 """
-from typing import Callable, Sequence, TypeVar
+import importlib
+from typing import Callable, Dict, Optional, Sequence, TypeVar
 
-from mmdet.registry import MODELS as MMDET_MODELS
 from mmengine.registry import Registry
-from mmpretrain.registry import MODELS as MMPRETRAIN_MODELS
-from mmseg.registry import MODELS as MMSEG_MODELS
+
+from .version import DISTRIBUTIONS, MIN_VERSIONS, check_min_version
 
 T = TypeVar('T', bound=type)
 
-#: Every model registry a backbone or layer of the package goes into.
-ALL_MODEL_REGISTRIES: tuple = (MMDET_MODELS, MMSEG_MODELS, MMPRETRAIN_MODELS)
+#: The package's modules that exist only with one toolbox: registered name -> toolbox.
+TOOLBOX_ONLY: Dict[str, str] = {
+    'CFDETR': 'mmdet',
+    'CFDeformableDETR': 'mmdet',
+    'CFDETRHead': 'mmdet',
+    'CFDeformableDETRHead': 'mmdet',
+}
+
+
+class MissingToolboxError(ImportError):
+    """A config names a module of the package whose toolbox is not installed."""
+
+
+def _installed_models(scope: str) -> Optional[Registry]:
+    """``<scope>.registry.MODELS`` when the toolbox ``scope`` is installed (its version checked),
+    else None."""
+    try:
+        toolbox = importlib.import_module(scope)
+    except ModuleNotFoundError as err:
+        if err.name == scope:
+            return None
+        raise
+    check_min_version(scope, toolbox.__version__)
+    return importlib.import_module(f'{scope}.registry').MODELS
+
+
+#: Each toolbox's model registry, None where the toolbox is not installed.
+MMDET_MODELS: Optional[Registry] = _installed_models('mmdet')
+MMSEG_MODELS: Optional[Registry] = _installed_models('mmseg')
+MMPRETRAIN_MODELS: Optional[Registry] = _installed_models('mmpretrain')
+
+#: The model registries a backbone or layer of the package goes into: those installed.
+ALL_MODEL_REGISTRIES: tuple = tuple(
+    r for r in (MMDET_MODELS, MMSEG_MODELS, MMPRETRAIN_MODELS) if r is not None)
+
+#: Toolbox name -> whether it is installed.
+INSTALLED: Dict[str, bool] = {'mmdet': MMDET_MODELS is not None,
+                              'mmseg': MMSEG_MODELS is not None,
+                              'mmpretrain': MMPRETRAIN_MODELS is not None}
 
 
 def register_model(registries: Sequence[Registry] = ALL_MODEL_REGISTRIES) -> Callable[[T], T]:
@@ -34,5 +76,22 @@ def register_model(registries: Sequence[Registry] = ALL_MODEL_REGISTRIES) -> Cal
     return wrap
 
 
-__all__ = ['ALL_MODEL_REGISTRIES', 'MMDET_MODELS', 'MMSEG_MODELS', 'MMPRETRAIN_MODELS',
-           'register_model']
+def _missing_toolbox_builder(name: str, scope: str) -> Callable[..., None]:
+    """A builder registered as ``name`` that says which package to install."""
+    dist = DISTRIBUTIONS.get(scope, scope)
+
+    def build(*args, **kwargs) -> None:
+        raise MissingToolboxError(f'{name} (crossformer_mm) needs {scope}, which is not '
+                                  f'installed: pip install "{dist}>={MIN_VERSIONS[scope]}"')
+
+    build.__name__ = build.__qualname__ = name
+    return build
+
+
+for _name, _scope in TOOLBOX_ONLY.items():
+    if not INSTALLED[_scope]:
+        for _registry in ALL_MODEL_REGISTRIES:
+            _registry.register_module(name=_name, module=_missing_toolbox_builder(_name, _scope))
+
+__all__ = ['ALL_MODEL_REGISTRIES', 'INSTALLED', 'MMDET_MODELS', 'MMSEG_MODELS',
+           'MMPRETRAIN_MODELS', 'MissingToolboxError', 'TOOLBOX_ONLY', 'register_model']

@@ -18,13 +18,19 @@ toolbox's own inferencer runs the model, shows its progress bar and draws with i
 
 Class names come from the checkpoint's ``meta.dataset_meta`` (the Runner saves it), else from the
 config's test dataset.
+
+An input that cannot be read as an image (damaged, empty, not an image) is named on stderr and
+skipped; the others are still processed. Exit status: 0 when every image was processed, 1 when
+some were skipped as unreadable, 2 for a usage error (bad config, checkpoint or inputs; nothing
+is run).
 """
 import argparse
 import glob
 import json
 import os
 import os.path as osp
-from typing import Any, Dict, List, Optional, Sequence
+import sys
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from mmengine.config import Config, DictAction
@@ -86,6 +92,27 @@ def collect_images(inputs: Sequence[str]) -> List[str]:
                              f'their outputs would overwrite each other; run them separately')
         by_name[name] = path
     return unique
+
+
+def split_readable(images: Sequence[str]) -> Tuple[List[str], List[Tuple[str, str]]]:
+    """``(images mmcv decodes, [(path, why) for the others])``, decoded as the toolboxes'
+    ``LoadImageFromFile`` does (mmengine's file backend, ``mmcv.imfrombytes``)."""
+    import mmcv
+    from mmengine import fileio
+    readable: List[str] = []
+    unreadable: List[Tuple[str, str]] = []
+    for path in images:
+        try:
+            img = mmcv.imfrombytes(fileio.get(path))
+        except Exception as err:  # cv2 / PIL errors on empty or damaged files
+            lines = str(err).strip().splitlines()
+            unreadable.append((path, f'{type(err).__name__}: {lines[-1] if lines else err}'))
+            continue
+        if img is None:
+            unreadable.append((path, 'not a decodable image'))
+        else:
+            readable.append(path)
+    return readable, unreadable
 
 
 def config_classes(cfg: Config, scope: str) -> Optional[Dict[str, Any]]:
@@ -181,7 +208,8 @@ RUNNERS = {'mmdet': run_detection, 'mmseg': run_segmentation, 'mmpretrain': run_
 
 
 @user_errors_as_messages
-def main(argv: Optional[Sequence[str]] = None) -> None:
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run the tool; returns the exit status (see the module docstring)."""
     args = parse_args(argv)
     if args.batch_size < 1:
         raise ConfigError(f'--batch-size must be >= 1, got {args.batch_size}')
@@ -199,12 +227,22 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                           f'classification (mmpretrain) configs; this config has '
                           f'default_scope={scope!r}')
     check_types(cfg, ['model'])
+    images, unreadable = split_readable(images)
+    for path, why in unreadable:
+        print(f'skipped {path}: cannot be read as an image ({why})', file=sys.stderr)
+    if not images:
+        raise ConfigError(f'none of the {len(unreadable)} input file(s) can be read as an image')
     classes = None if checkpoint_has_classes(args.checkpoint) else config_classes(cfg, scope)
     os.makedirs(args.out_dir, exist_ok=True)
     RUNNERS[scope](cfg, args, images, classes)
     print(f'{TASK_OF_SCOPE[scope]}: {len(images)} image(s); pictures in '
           f'{osp.join(args.out_dir, "vis")}, JSON in {osp.join(args.out_dir, "preds")}')
+    if unreadable:
+        print(f'{len(unreadable)} unreadable input(s) skipped: '
+              f'{", ".join(path for path, _ in unreadable)}', file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == '__main__':
-    main()
+    sys.exit(main())

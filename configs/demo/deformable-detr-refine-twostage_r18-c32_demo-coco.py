@@ -99,7 +99,7 @@ param_scheduler = [
 ]
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=25),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=1, save_best='auto'),
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_best='auto'),
     # Pictures (tools/test.py --show-dir): one box per object (NMS across classes over the
     # predictions above 0.3); the evaluator still gets all 100 (test_cfg).
     visualization=dict(type='CFDetVisualizationHook', score_thr=0.3, iou_threshold=0.5))

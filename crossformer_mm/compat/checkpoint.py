@@ -56,11 +56,15 @@ class CheckpointLoadError(RuntimeError):
 # Weights-only loading
 # --------------------------------------------------------------------------------------------
 def _is_torch_file(path: str) -> bool:
-    """Whether ``path`` looks like a ``torch.save`` file (zip archive or legacy pickle)."""
+    """Whether ``path`` looks like a ``torch.save`` file (zip archive, possibly torn, or legacy
+    pickle)."""
     if zipfile.is_zipfile(path):
         return True
     with open(path, 'rb') as f:
-        return f.read(1) == b'\x80'  # pickle protocol >= 2, used by legacy torch.save
+        head = f.read(4)
+    # A torn zip (a truncated copy or download) keeps its local-header magic: reading it names
+    # what is wrong ("failed finding central directory").
+    return head == b'PK\x03\x04' or head[:1] == b'\x80'  # pickle protocol >= 2 (legacy save)
 
 
 def _is_weights_only_refusal(err: BaseException) -> bool:
@@ -76,7 +80,9 @@ def _short(err: BaseException) -> str:
             return line.split('was not an allowed global')[0].replace('WeightsUnpickler error: ',
                                                                        '').strip()
     for line in lines:
-        if 'invalid load key' in line or 'failed finding central directory' in line:
+        if 'failed finding central directory' in line:  # torch explains it at length after this
+            return line.split('directory')[0] + 'directory (a truncated or damaged zip archive)'
+        if 'invalid load key' in line:
             return line
     return lines[0] if lines else type(err).__name__
 
@@ -110,6 +116,25 @@ def load_weights_file(path: str, map_location: MapLocation = None, source: Optio
             f'refuses it and it is not unpickled. {refused_hint}'.strip()) from None
     except Exception as err:  # truncated zip, corrupt pickle stream, ...
         raise CheckpointLoadError(f'{src} is not a readable PyTorch checkpoint ({_short(err)}); '
+                                  'expected a complete file written by torch.save') from None
+
+
+def load_trusted_file(path: str, map_location: MapLocation = None) -> Any:
+    """``torch.load(path, weights_only=False)`` for a file the user vouches for, with the
+    one-line errors of :func:`load_weights_file` for what is not a complete torch file.
+
+    Raises:
+        CheckpointLoadError: the file is missing, not a torch file, or torn.
+    """
+    if not osp.isfile(path):
+        raise CheckpointLoadError(f'{path} does not exist (or is not a file)')
+    if not _is_torch_file(path):
+        raise CheckpointLoadError(f'{path} is not a PyTorch checkpoint (neither a zip archive nor '
+                                  'a pickle); expected a file written by torch.save')
+    try:
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:  # truncated zip, corrupt pickle stream, missing class, ...
+        raise CheckpointLoadError(f'{path} is not a readable PyTorch checkpoint ({_short(err)}); '
                                   'expected a complete file written by torch.save') from None
 
 
@@ -220,18 +245,26 @@ def signature_problem(path: str) -> Optional[str]:
     return None
 
 
+#: The tool that writes a weights-only copy of a whole-model checkpoint (detector, segmentor,
+#: classifier); a backbone loader names its family's converter instead.
+WEIGHTS_ONLY_TOOL = 'tools/model_converters/to_weights_only.py'
+
+
 def converter_command(converter: Optional[str] = None) -> str:
     """The command that turns a trusted pickle into plain weights: the family's converter
-    (``converter='swin_to_mm'``), or the converters in general."""
-    return f'tools/model_converters/{converter or "*_to_mm"}.py SRC DST --unsafe-pickle'
+    (``converter='swin_to_mm'``, backbone only) for a backbone loader, otherwise the whole-model
+    :data:`WEIGHTS_ONLY_TOOL`."""
+    tool = f'tools/model_converters/{converter}.py' if converter else WEIGHTS_ONLY_TOOL
+    return f'python {tool} SRC DST --unsafe-pickle'
 
 
 def local_refusal_hint(path: str, problem: Optional[str], converter: Optional[str] = None) -> str:
     why = f' It is not a verified training checkpoint: {problem}.' if problem else ''
+    command = converter_command(converter).replace('SRC', path, 1)
     return (f'{why} To resume from a training checkpoint, use it inside the work dir that wrote it;'
             f' if you trust a file from elsewhere, sign it with `python '
-            f'tools/misc/trust_checkpoint.py {path}`, or convert it to plain weights with '
-            f'{converter_command(converter)}.').strip()
+            f'tools/misc/trust_checkpoint.py {path}`, or write a weights-only copy with '
+            f'`{command}` and use DST.').strip()
 
 
 def load_local_checkpoint(filename: str, map_location: MapLocation = None, *,
@@ -370,7 +403,8 @@ def hub_checkpoint_dir() -> str:
 
 def url_refusal_hint(converter: Optional[str] = None) -> str:
     return ('Only plain weight files are loaded from URLs. If you trust its source, download it '
-            f'yourself and convert it with {converter_command(converter)}, then use DST.')
+            f'yourself and write a weights-only copy with `{converter_command(converter)}`, then '
+            'use DST.')
 
 
 def download_to_cache(url: str, model_dir: Optional[str] = None, progress: bool = False, *,
@@ -549,5 +583,5 @@ def http_loader_problem(load: Optional[Callable] = None) -> Optional[str]:
 
 __all__ = ['CheckpointLoadError', 'checkpoint_is_complete', 'download_to_cache',
            'find_resume_checkpoint', 'folder_key', 'hub_checkpoint_dir', 'load_local_checkpoint',
-           'load_url_weights', 'load_weights', 'load_weights_file', 'remove_torn_files',
-           'sign_checkpoint', 'signature_problem', 'write_checkpoint']
+           'load_trusted_file', 'load_url_weights', 'load_weights', 'load_weights_file',
+           'remove_torn_files', 'sign_checkpoint', 'signature_problem', 'write_checkpoint']

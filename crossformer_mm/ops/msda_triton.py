@@ -15,26 +15,33 @@ value row), done one of two ways:
   its corners in that fixed order. No atomics: the gradients are bit-identical run after run, at
   the price of the sort and ``4·B·Q·heads·L·P`` (row, coefficient) pairs of scratch memory.
 
+Every launch runs under ``torch.cuda.device(<the tensors' device>)``: a Triton launch, like a
+CUDA kernel, otherwise goes to the current device, and tensors on ``cuda:1`` would be read from
+``cuda:0``'s context (the "illegal memory access" reported against the original MSDA kernel).
+
 The kernels run on CUDA tensors, and on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before triton is imported), which is how they are tested without a GPU.
+:func:`compile_ahead` lowers them to cubin for a given GPU architecture without a GPU.
 """
-from typing import Tuple
+import contextlib
+import inspect
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
 try:
     import triton
     import triton.language as tl
-except ImportError:  # triton is optional: the op falls back to the reference on the GPU
+except ImportError:  # optional: without it CUDA runs mmcv's kernel or the PyTorch formulation
     triton = None
     tl = None
 
-__all__ = ['ms_deform_attn_backward_triton', 'ms_deform_attn_forward_triton', 'triton_available']
+__all__ = [
+    'KERNELS', 'compile_ahead', 'ms_deform_attn_backward_triton', 'ms_deform_attn_forward_triton'
+]
 
-
-def triton_available() -> bool:
-    """Whether triton imports and a CUDA device is present."""
-    return triton is not None and torch.cuda.is_available()
+#: The Triton kernels, by the names :func:`compile_ahead` returns.
+KERNELS = ('forward', 'backward_atomic', 'backward_deterministic', 'backward_value')
 
 
 if triton is not None:
@@ -227,6 +234,12 @@ def _check_triton() -> None:
         raise RuntimeError('ms_deform_attn: the Triton kernel needs the `triton` package')
 
 
+def _on_device(t: torch.Tensor):
+    """The launch guard: the tensors' own CUDA device (nothing for CPU tensors, which only the
+    interpreter runs)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _blocks(num_queries: int, head_dims: int, backward: bool) -> Tuple[int, int]:
     block_d = min(triton.next_power_of_2(max(head_dims, 1)), 32 if backward else 64)
     block_q = 32 if backward else 64
@@ -248,10 +261,11 @@ def ms_deform_attn_forward_triton(value: torch.Tensor, spatial_shapes: torch.Ten
         return out
     block_q, block_d = _blocks(num_queries, head_dims, backward=False)
     grid = (triton.cdiv(num_queries, block_q), bs * num_heads, triton.cdiv(head_dims, block_d))
-    _msda_fwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
-                           attention_weights, out, num_keys, num_queries, num_heads, head_dims,
-                           L=num_levels, P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d,
-                           ACC_FP64=value.dtype == torch.float64)
+    with _on_device(value):
+        _msda_fwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights, out, num_keys, num_queries, num_heads,
+                               head_dims, L=num_levels, P=num_points, BLOCK_Q=block_q,
+                               BLOCK_D=block_d, ACC_FP64=value.dtype == torch.float64)
     return out
 
 
@@ -274,31 +288,114 @@ def ms_deform_attn_backward_triton(
     if deterministic:
         grad_value = torch.zeros_like(value)
         corners = sampling_locations.numel() * 2  # 4 corners per (x, y) pair
-        rows = torch.empty(corners, dtype=torch.int64, device=value.device)
-        coef = torch.empty(corners, dtype=sampling_locations.dtype, device=value.device)
+        rows = value.new_empty(corners, dtype=torch.int64)
+        coef = value.new_empty(corners, dtype=sampling_locations.dtype)
     else:
-        grad_value = torch.zeros(value.shape, dtype=sampling_locations.dtype, device=value.device)
+        grad_value = value.new_zeros(value.shape, dtype=sampling_locations.dtype)
         rows = coef = grad_value  # unused by the atomic variant
     if grad_output.numel() == 0:
         return grad_value.to(value.dtype), grad_loc, grad_attn
     acc_fp64 = value.dtype == torch.float64
     block_q, block_d = _blocks(num_queries, head_dims, backward=True)
     grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
-    _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
-                           attention_weights, grad_output, grad_value, grad_loc, grad_attn, rows,
-                           coef, num_keys, num_queries, num_heads, head_dims, L=num_levels,
-                           P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d, ACC_FP64=acc_fp64,
-                           DETERMINISTIC=deterministic)
-    if not deterministic:
-        return grad_value.to(value.dtype), grad_loc, grad_attn
-    # Group the corners by destination row; the stable sort keeps the (query, level, point,
-    # corner) order inside a row, so the summation order does not depend on the run.
-    num_rows = bs * num_keys * num_heads
-    sorted_rows, order = torch.sort(rows, stable=True)
-    offsets = torch.searchsorted(
-        sorted_rows, torch.arange(num_rows + 1, dtype=torch.int64, device=value.device))
-    block = min(max(triton.next_power_of_2(max(head_dims, 1)), 16), 128)
-    _msda_bwd_value_kernel[(num_rows, triton.cdiv(head_dims, block))](
-        grad_output, order, coef, offsets, grad_value, head_dims, LP=num_levels * num_points,
-        BLOCK_D=block, ACC_FP64=acc_fp64)
+    with _on_device(value):
+        _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights, grad_output, grad_value, grad_loc, grad_attn,
+                               rows, coef, num_keys, num_queries, num_heads, head_dims,
+                               L=num_levels, P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d,
+                               ACC_FP64=acc_fp64, DETERMINISTIC=deterministic)
+        if not deterministic:
+            return grad_value.to(value.dtype), grad_loc, grad_attn
+        # Group the corners by destination row; the stable sort keeps the (query, level, point,
+        # corner) order inside a row, so the summation order does not depend on the run.
+        num_rows = bs * num_keys * num_heads
+        sorted_rows, order = torch.sort(rows, stable=True)
+        offsets = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, dtype=torch.int64,
+                                                               device=sorted_rows.device))
+        block = min(max(triton.next_power_of_2(max(head_dims, 1)), 16), 128)
+        _msda_bwd_value_kernel[(num_rows, triton.cdiv(head_dims, block))](
+            grad_output, order, coef, offsets, grad_value, head_dims, LP=num_levels * num_points,
+            BLOCK_D=block, ACC_FP64=acc_fp64)
     return grad_value, grad_loc, grad_attn
+
+
+# --------------------------------------------------------------------------------------------
+# Ahead-of-time compilation (no GPU needed)
+# --------------------------------------------------------------------------------------------
+
+#: The shape the kernels are compiled for ahead of time: Deformable DETR's 4 levels x 4 points,
+#: 32-channel heads, many queries (the block sizes the launches pick for it).
+_AOT_LEVELS, _AOT_POINTS, _AOT_HEAD_DIMS, _AOT_QUERIES = 4, 4, 32, 1024
+_PTR_TYPES = {torch.float32: '*fp32', torch.float16: '*fp16', torch.bfloat16: '*bf16',
+              torch.float64: '*fp64'}
+
+
+def _aot_kernels(dtype: torch.dtype) -> List[Tuple[str, Callable, dict, dict]]:
+    """``(name, kernel, signature, constexprs)`` of every kernel for ``dtype`` values, with the
+    argument types the launches above pass (locations, weights and the atomic buffer in the
+    opmath dtype)."""
+    if dtype not in _PTR_TYPES:
+        raise ValueError(f'compile_ahead: dtype must be one of {list(_PTR_TYPES)}, got {dtype!r}')
+    val = _PTR_TYPES[dtype]
+    acc = '*fp64' if dtype == torch.float64 else '*fp32'
+    acc_fp64 = dtype == torch.float64
+    sizes = {'S': 'i32', 'Q': 'i32', 'NH': 'i32', 'D': 'i32'}
+    levels = {'shapes_ptr': '*i64', 'starts_ptr': '*i64', 'loc_ptr': acc, 'attn_ptr': acc}
+    fwd_q, fwd_d = _blocks(_AOT_QUERIES, _AOT_HEAD_DIMS, backward=False)
+    bwd_q, bwd_d = _blocks(_AOT_QUERIES, _AOT_HEAD_DIMS, backward=True)
+    value_d = min(max(triton.next_power_of_2(_AOT_HEAD_DIMS), 16), 128)
+    fwd_c = dict(L=_AOT_LEVELS, P=_AOT_POINTS, BLOCK_Q=fwd_q, BLOCK_D=fwd_d, ACC_FP64=acc_fp64)
+    bwd_c = dict(L=_AOT_LEVELS, P=_AOT_POINTS, BLOCK_Q=bwd_q, BLOCK_D=bwd_d, ACC_FP64=acc_fp64)
+    value_c = dict(LP=_AOT_LEVELS * _AOT_POINTS, BLOCK_D=value_d, ACC_FP64=acc_fp64)
+
+    def signature(args: dict, constexprs: dict) -> dict:
+        return {**args, **{k: 'constexpr' for k in constexprs}}
+
+    fwd = {'value_ptr': val, **levels, 'out_ptr': val, **sizes}
+    bwd = {'value_ptr': val, **levels, 'grad_out_ptr': val}
+    atomic = dict(bwd, grad_value_ptr=acc, grad_loc_ptr=acc, grad_attn_ptr=acc, rows_ptr=acc,
+                  coef_ptr=acc, **sizes)
+    det = dict(bwd, grad_value_ptr=val, grad_loc_ptr=acc, grad_attn_ptr=acc, rows_ptr='*i64',
+               coef_ptr=acc, **sizes)
+    value = {'grad_out_ptr': val, 'order_ptr': '*i64', 'coef_ptr': acc, 'offsets_ptr': '*i64',
+             'grad_value_ptr': val, 'D': 'i32'}
+    atomic_c, det_c = dict(bwd_c, DETERMINISTIC=False), dict(bwd_c, DETERMINISTIC=True)
+    return [('forward', _msda_fwd_kernel, signature(fwd, fwd_c), fwd_c),
+            ('backward_atomic', _msda_bwd_kernel, signature(atomic, atomic_c), atomic_c),
+            ('backward_deterministic', _msda_bwd_kernel, signature(det, det_c), det_c),
+            ('backward_value', _msda_bwd_value_kernel, signature(value, value_c), value_c)]
+
+
+def _compile_kernels(cc: int, dtype: torch.dtype) -> Dict[str, object]:
+    """Every kernel compiled for ``sm_<cc>``: name -> Triton's compiled kernel (``.asm`` holds
+    the PTX and the cubin)."""
+    _check_triton()
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    if 'constexprs' not in inspect.signature(ASTSource).parameters:
+        raise RuntimeError(f'compile_ahead needs triton >= 3.2 (ASTSource with constexprs); '
+                           f'this is triton {triton.__version__}')
+    if not isinstance(cc, int) or cc < 50:
+        raise ValueError(f'compile_ahead: cc must be a compute capability as an int such as 80 '
+                         f'(sm_80), got {cc!r}')
+    target = GPUTarget('cuda', cc, 32)
+    return {
+        name: triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                             target=target)
+        for name, kernel, sig, consts in _aot_kernels(dtype)
+    }
+
+
+def compile_ahead(cc: int, dtype: torch.dtype) -> Dict[str, bytes]:
+    """Compiles every Triton kernel of the op for compute capability ``cc`` (e.g. 80 for sm_80)
+    and ``dtype`` values, ahead of time and without a GPU, with Triton's bundled ``ptxas``.
+
+    Returns:
+        Kernel name (:data:`KERNELS`) -> cubin. A kernel that cannot be compiled for that target
+        raises Triton's compilation error.
+
+    Raises:
+        RuntimeError: triton is not installed, or too old for ahead-of-time compilation.
+        ValueError: ``cc`` or ``dtype`` is not one the kernels serve.
+    """
+    return {name: compiled.asm['cubin'] for name, compiled in _compile_kernels(cc, dtype).items()}

@@ -8,10 +8,11 @@ from typing import Any, Callable, Optional
 from mmengine.config import Config
 
 from ..compat.checkpoint import CheckpointLoadError
+from ..registry import MissingToolboxError
 from .config import ConfigError, check_data_roots, check_types, load_config
 
 #: Errors a user can cause and fix: printed as one clear line instead of a traceback.
-USER_ERRORS = (ConfigError, FileNotFoundError, CheckpointLoadError)
+USER_ERRORS = (ConfigError, FileNotFoundError, CheckpointLoadError, MissingToolboxError)
 
 
 def prepare_config(config: str, work_dir: Optional[str], cfg_options: Optional[dict],

@@ -11,8 +11,8 @@ from mmengine.logging import HistoryBuffer
 
 from crossformer_mm.compat.checkpoint import (KEY_FILE, SIG_SUFFIX, TMP_PREFIX,
                                               CheckpointLoadError, find_resume_checkpoint,
-                                              load_local_checkpoint, signature_problem,
-                                              write_checkpoint)
+                                              load_local_checkpoint, load_trusted_file,
+                                              signature_problem, write_checkpoint)
 
 def runner_like_checkpoint(epoch: int = 1) -> dict:
     buf = HistoryBuffer()
@@ -58,6 +58,26 @@ def test_foreign_pickle_is_refused(tmp_path):
     with pytest.raises(CheckpointLoadError, match='trust_checkpoint.py') as err:
         load_local_checkpoint(str(path))
     assert 'Unsupported global: GLOBAL' in str(err.value) and '\n' not in str(err.value)
+    # What it offers works for a whole model: a weights-only copy of everything, not a backbone
+    # converter (a detector tested with only its backbone's weights scores ~0 AP).
+    assert f'tools/model_converters/to_weights_only.py {path} DST --unsafe-pickle' in str(err.value)
+    assert '_to_mm' not in str(err.value)
+    # A backbone loader names its family's converter instead.
+    with pytest.raises(CheckpointLoadError, match=r'swin_to_mm\.py .* --unsafe-pickle'):
+        load_local_checkpoint(str(path), converter='swin_to_mm')
+
+
+def test_truncated_checkpoint_is_named_in_one_line(tmp_path):
+    path = tmp_path / 'epoch_1.pth'
+    torch.save({'state_dict': {'w': torch.zeros(1000)}}, path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    for load in (load_local_checkpoint, load_trusted_file):
+        with pytest.raises(CheckpointLoadError) as err:
+            load(str(path))
+        message = str(err.value)
+        assert 'not a readable PyTorch checkpoint' in message and 'truncated' in message
+        assert '\n' not in message and len(message) < 300
 
 
 def test_copied_file_with_its_signature_is_refused(tmp_path):

@@ -95,6 +95,13 @@ def test_one_switch_for_the_hook_the_detectors_and_users():
     assert all(layer.self_attn.deterministic is True for layer in encoder.layers)
 
 
+def test_ops_point_to_the_switch_in_models():
+    """The ops need torch alone: the old name there says where the switch lives now."""
+    import crossformer_mm.ops
+    with pytest.raises(AttributeError, match='crossformer_mm.models.replace_mmcv_msda'):
+        crossformer_mm.ops.replace_mmcv_msda
+
+
 def test_subclasses_with_their_own_forward_are_left_alone():
     class Custom(MultiScaleDeformableAttention):
         pass

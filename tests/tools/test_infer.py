@@ -4,6 +4,7 @@ model: a picture and a JSON per image; inputs as a file, a folder and a glob; cl
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -189,3 +190,32 @@ def test_bad_inputs(demo, tmp_path, capsys):
     other = tmp_path / 'other_scope.py'
     other.write_text("default_scope = 'mmengine'\n")
     expect_user_error(capsys, [str(other), str(ckpt), str(a)], "default_scope='mmengine'")
+
+
+def test_unreadable_images_are_named_and_skipped(demo, tmp_path, capsys):
+    ckpt = tmp_path / 'cls.pth'
+    tiny_checkpoint(CLS_CONFIG, ckpt)
+    folder = tmp_path / 'mixed'
+    folder.mkdir()
+    good = sorted((demo / 'demo_cls' / 'val').rglob('*.jpg'))[:2]
+    for image in good:
+        shutil.copy(image, folder / image.name)
+    (folder / 'broken.jpg').write_bytes(b'this is not an image')
+    (folder / 'empty.png').write_bytes(b'')
+    (folder / 'cut.jpg').write_bytes(good[0].read_bytes()[:20])  # a torn copy
+    out = tmp_path / 'out'
+    status = infer.main([str(CLS_CONFIG), str(ckpt), str(folder), '--out-dir', str(out)])
+    assert status == 1
+    err = capsys.readouterr().err
+    assert 'Traceback' not in err
+    for name in ('broken.jpg', 'empty.png', 'cut.jpg'):
+        assert f'skipped {folder / name}: cannot be read as an image' in err, err
+    assert sorted(p.stem for p in (out / 'preds').glob('*.json')) == sorted(p.stem for p in good)
+    assert sorted(p.stem for p in (out / 'vis').iterdir()) == sorted(p.stem for p in good)
+    # Every image good: status 0. None readable: a usage error, nothing is run.
+    assert infer.main([str(CLS_CONFIG), str(ckpt), str(folder / good[0].name), '--out-dir',
+                       str(tmp_path / 'out2')]) == 0
+    expect_user_error(capsys, [str(CLS_CONFIG), str(ckpt), str(folder / 'broken.jpg'),
+                               '--out-dir', str(tmp_path / 'out3')],
+                      'none of the 1 input file(s) can be read as an image')
+    assert not (tmp_path / 'out3').exists()

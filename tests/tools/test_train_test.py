@@ -1,9 +1,11 @@
 """End to end through the command-line tools on a tiny copy of the demo data: train, test with
 pictures, clear errors for bad input, SIGKILL anywhere + --resume giving bit-identical results
 (one process and two on gloo), and two-process training."""
+import importlib.util
 import os
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -168,6 +170,84 @@ def test_bad_checkpoints(tiny):
     junk.write_text('this is not a checkpoint')
     assert_user_error(run([sys.executable, 'tools/test.py', str(tiny / 'tiny.py'), str(junk),
                            '--work-dir', str(tiny / 'bad')]), 'not a PyTorch checkpoint')
+
+
+# ------------------------------------------------------------ whole-model weights-only copies
+WEIGHTS_ONLY_TOOL = 'tools/model_converters/to_weights_only.py'
+
+
+def load_weights_only_tool():
+    spec = importlib.util.spec_from_file_location('to_weights_only', ROOT / WEIGHTS_ONLY_TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_weights_only_copy_is_tested_like_the_checkpoint(tiny, trained, tmp_path):
+    work, train_result = trained
+    signed = work / 'epoch_2.pth'
+    # Copied out of its work dir, the training checkpoint is refused by load_from, and the
+    # message offers only what works for a whole model.
+    copy = tmp_path / 'epoch_2.pth'
+    shutil.copy(signed, copy)
+    refused = run([sys.executable, 'tools/test.py', str(tiny / 'tiny.py'), str(copy),
+                   '--work-dir', str(tmp_path / 'refused')])
+    assert_user_error(refused, 'trust_checkpoint.py', WEIGHTS_ONLY_TOOL, '--unsafe-pickle')
+    assert '_to_mm.py' not in refused.stderr
+    dst = tmp_path / 'weights.pth'
+    convert = run([sys.executable, WEIGHTS_ONLY_TOOL, str(copy), str(dst), '--unsafe-pickle'])
+    assert convert.returncode == 0, convert.stderr[-3000:]
+    assert 'left out: ' in convert.stdout and 'optimizer' in convert.stdout
+    # The whole model (backbone, neck, head) and the class names, weights-only.
+    out = torch.load(dst, map_location='cpu', weights_only=True)
+    original = torch.load(signed, map_location='cpu', weights_only=False)
+    assert set(out) == {'state_dict', 'meta'}
+    assert list(out['state_dict']) == list(original['state_dict'])
+    for k, v in original['state_dict'].items():
+        assert torch.equal(out['state_dict'][k], v), k
+    assert {k.split('.')[0] for k in out['state_dict']} >= {'backbone', 'neck', 'bbox_head'}
+    classes = original['meta']['dataset_meta']['classes']
+    assert list(out['meta']['dataset_meta']['classes']) == list(classes)
+    assert out['meta']['epoch'] == 2 and out['meta']['weights_only_of'] == 'epoch_2.pth'
+    # tools/test.py (load_from) accepts it and scores what the last validation of training did.
+    tested = run([sys.executable, 'tools/test.py', str(tiny / 'tiny.py'), str(dst),
+                  '--work-dir', str(tmp_path / 'test')])
+    assert tested.returncode == 0, tested.stderr[-3000:]
+    got = dict(re.findall(r'(coco/bbox_mAP\w*)=(-?[\d.]+)', tested.stdout))
+    log = train_result.stdout + train_result.stderr
+    expected = {k: v for k, v in re.findall(r'(coco/bbox_mAP\w*): (-?[\d.]+)', log)
+                if not k.endswith('copypaste')}  # the last validation wins
+    assert got and set(got) == set(expected)
+    for k in got:
+        assert float(got[k]) == pytest.approx(float(expected[k]), abs=1e-3), k
+
+
+def test_weights_only_tool_bad_input(trained, tmp_path, capsys):
+    work, _ = trained
+    tool = load_weights_only_tool()
+    data = (work / 'epoch_2.pth').read_bytes()
+    cases = {
+        'truncated.pth': (data[:len(data) // 2], 'not a readable PyTorch checkpoint'),
+        'notes.pth': (b'these are my notes, not a checkpoint\n', 'not a PyTorch checkpoint'),
+    }
+    for name, (content, needle) in cases.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save([torch.zeros(2)], tmp_path / 'list.pth')
+    cases['list.pth'] = (None, 'not a checkpoint dict')
+    torch.save({'epoch': 3, 'model_name': 'x'}, tmp_path / 'no_weights.pth')
+    cases['no_weights.pth'] = (None, 'no state_dict of tensors')
+    for name, (_, needle) in cases.items():
+        for extra in ([], ['--unsafe-pickle']):
+            assert tool.main([str(tmp_path / name), str(tmp_path / 'out.pth')] + extra) == 1
+            err = capsys.readouterr().err
+            assert err.startswith('error: ') and err.count('\n') == 1, err
+            assert needle in err and name in err, (name, extra, err)
+    assert not (tmp_path / 'out.pth').exists()
+    # A training checkpoint outside its work dir needs --unsafe-pickle (or a signature).
+    shutil.copy(work / 'epoch_2.pth', tmp_path / 'copy.pth')
+    assert tool.main([str(tmp_path / 'copy.pth'), str(tmp_path / 'out.pth')]) == 1
+    err = capsys.readouterr().err
+    assert 'beyond tensors' in err and '--unsafe-pickle' in err and err.count('\n') == 1
 
 
 # ------------------------------------------------------------------- kill anywhere, lose nothing

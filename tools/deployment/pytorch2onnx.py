@@ -24,6 +24,7 @@ labels; detections are paired in order, and where two nearly equal scores swap p
 detection of the same label and closest box. Exits with status 1 when they do not match.
 """
 import argparse
+import inspect
 import os
 import sys
 import time
@@ -126,8 +127,14 @@ def export(model: nn.Module, inputs: torch.Tensor, data_samples: list, out: str,
         raise ExportError(f'pytorch2onnx: --opset {opset} has no GridSample (needed by '
                           f'deformable attention); use --opset {MIN_OPSET} or higher')
     wrapper = DetectorForONNX(model, data_samples).eval()
+    # The TorchScript exporter: asked for with dynamo=False where torch.onnx.export takes the
+    # argument (recent torch defaults to the dynamo exporter); the only one of older torch.
+    if 'dynamo' in inspect.signature(torch.onnx.export).parameters:
+        choice = dict(dynamo=False)
+    else:
+        choice = {}
     with torch.no_grad():
-        torch.onnx.export(wrapper, (inputs, ), out, dynamo=False, opset_version=opset,
+        torch.onnx.export(wrapper, (inputs, ), out, **choice, opset_version=opset,
                           input_names=['inputs'], output_names=['boxes', 'scores', 'labels'],
                           do_constant_folding=True)
     return wrapper

@@ -1,9 +1,13 @@
-"""Convert an official CrossFormer / CrossFormer++ checkpoint into a crossformer_mm weights file.
+"""Convert an official CrossFormer / CrossFormer++ checkpoint into crossformer_mm backbone weights.
 
 Accepts classification checkpoints (``model`` key), detection / segmentation checkpoints
 (``state_dict`` key, ``backbone.`` prefixes) and bare state dicts; writes
 ``{'state_dict': ..., 'meta': ...}`` holding only tensors, loadable with
 ``init_cfg=dict(type='Pretrained', checkpoint=DST)`` on ``CrossFormer``.
+
+Only the backbone is kept: a detector or segmentor tested with the output would have untrained
+necks and heads. For a whole-model checkpoint (to test it or to fine-tune it with ``load_from``)
+use ``tools/model_converters/to_weights_only.py``.
 
 Usage:
     python tools/model_converters/crossformer_to_mm.py SRC DST [--unsafe-pickle] [--mmpretrain]

@@ -1,4 +1,4 @@
-"""Convert a public Swin Transformer checkpoint into a crossformer_mm weights file.
+"""Convert a public Swin Transformer checkpoint into backbone weights for crossformer_mm.
 
 Reads official (microsoft/Swin-Transformer, ``model`` key), timm, MMDetection and MMPretrain
 (``stages.i.blocks.j.attn.w_msa.*``, merging weights in ``nn.Unfold`` order) checkpoints,
@@ -6,6 +6,10 @@ whole-model files (``backbone.`` prefixes) and bare state dicts;
 writes ``{'state_dict': ..., 'meta': ...}`` holding only tensors in the layout of
 ``CFSwinTransformer``, loadable with ``init_cfg=dict(type='Pretrained', checkpoint=DST)``.
 Position tables of another size are adapted when the file is loaded into a model.
+
+Only the backbone is kept: a detector or segmentor tested with the output would have untrained
+necks and heads. For a whole-model checkpoint (to test it or to fine-tune it with ``load_from``)
+use ``tools/model_converters/to_weights_only.py``.
 
 Usage:
     python tools/model_converters/swin_to_mm.py SRC DST [--unsafe-pickle]

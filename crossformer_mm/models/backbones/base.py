@@ -44,9 +44,9 @@ class BackboneBase(BaseModule):
     :attr:`arch_optional`, :attr:`converter_tool` and :attr:`structural_keys`; in ``__init__``
     they call :meth:`_init_outputs` first, set :attr:`num_features` and :attr:`strides` (one entry
     per stage), build the modules (:meth:`_add_out_norms` for ``norm{i}``) and end with
-    :meth:`_freeze_stages`. They implement :meth:`convert_checkpoint` and may override
-    :meth:`stage_modules`, :meth:`_frozen_params`, :meth:`_init_extra`,
-    :meth:`_adapt_checkpoint` and :meth:`output_shape`.
+    :meth:`_freeze_stages`. They implement :meth:`convert_state_dict` (their step of checkpoint
+    loading) and may override :meth:`stage_modules`, :meth:`_frozen_params`,
+    :meth:`_init_extra` and :meth:`output_shape`.
     """
 
     arch_zoo: ClassVar[Dict[str, Dict[str, Any]]] = {}

@@ -44,6 +44,7 @@ from crossformer_mm.registry import register_model
 from ..utils import moved_names
 from .base import BackboneBase
 from .loading import backbone_state_dict
+from .upstream_args import check_act_cfg, init_cfg_from_pretrained, norm_layer_from_cfg, refuse
 
 
 # --------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class CFSwinTransformer(BackboneBase):
     Args:
         arch: A name of :attr:`arch_zoo` (``tiny``/``t``, ``small``/``s``, ``base``/``b``,
             ``large``/``l``) or a dict with ``embed_dim``, ``depths``, ``num_heads`` and
-            optionally ``drop_path_rate``.
+            optionally ``drop_path_rate``; default ``'tiny'`` (or MMDetection's names below).
         in_channels: Image channels.
         patch_size: Patch size (stride of the embedding).
         window_size: Window side.
@@ -193,6 +194,21 @@ class CFSwinTransformer(BackboneBase):
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads an
             official, timm, MMDetection/MMPretrain or converted checkpoint with
             :meth:`load_pretrained` (``prefix`` optional).
+
+    MMDetection's ``SwinTransformer`` arguments are accepted too, with their meaning, so that an
+    MMDetection Swin config switches to this class by ``type`` alone (same weights, same outputs):
+
+    * ``embed_dims``, ``depths``, ``num_heads``: the architecture instead of ``arch`` (missing
+      ones take MMDetection's defaults 96, (2, 2, 6, 2), (3, 6, 12, 24); ``drop_path_rate`` then
+      defaults to 0.1 as there);
+    * ``strides``: must be ``(patch_size, 2, 2, 2)`` (patch embedding, then 2×2 merges);
+    * ``pretrain_img_size``: only used by an absolute position embedding, so it changes nothing;
+    * ``use_abs_pos_embed``: only False (no released Swin uses it);
+    * ``act_cfg``: only GELU; ``norm_cfg``: LayerNorm (``dict(type='LN', eps=...)``);
+    * ``convert_weights``: the checkpoint layout is read from its keys either way; True loads an
+      official checkpoint as MMDetection does, leaving its classification ``norm`` unused
+      (reported as unexpected) instead of loading it into the last ``norm{i}``;
+    * ``pretrained``: deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=...)``.
     """
 
     arch_zoo: Dict[str, Dict[str, Any]] = {
@@ -211,7 +227,7 @@ class CFSwinTransformer(BackboneBase):
     converter_tool = 'swin_to_mm'
     structural_keys = ('patch_embed.', 'layers.')
 
-    def __init__(self, arch: Union[str, Mapping[str, Any]] = 'tiny', in_channels: int = 3,
+    def __init__(self, arch: Optional[Union[str, Mapping[str, Any]]] = None, in_channels: int = 3,
                  patch_size: int = 4, window_size: int = 7, mlp_ratio: float = 4.0,
                  out_indices: Sequence[int] = (0, 1, 2, 3), qkv_bias: bool = True,
                  qk_scale: Optional[float] = None, patch_norm: bool = True,
@@ -219,8 +235,24 @@ class CFSwinTransformer(BackboneBase):
                  drop_path_rate: Optional[float] = None, out_norms: bool = True,
                  frozen_stages: int = -1, norm_eval: bool = False, num_classes: int = 0,
                  with_cp: bool = False, fused_attn: bool = True,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+                 init_cfg: Optional[Union[dict, List[dict]]] = None, *,
+                 embed_dims: Optional[int] = None, depths: Optional[Sequence[int]] = None,
+                 num_heads: Optional[Sequence[int]] = None,
+                 strides: Optional[Sequence[int]] = None,
+                 pretrain_img_size: Union[int, Sequence[int]] = 224,
+                 use_abs_pos_embed: bool = False, act_cfg: Optional[dict] = None,
+                 norm_cfg: Optional[dict] = None, convert_weights: bool = False,
+                 pretrained: Optional[str] = None) -> None:
+        name = type(self).__name__
+        init_cfg = init_cfg_from_pretrained(pretrained, init_cfg, name)
         super().__init__(init_cfg=init_cfg)
+        arch = self._arch_from_mmdet_args(arch, embed_dims, depths, num_heads)
+        if use_abs_pos_embed:
+            raise refuse(name, 'use_abs_pos_embed', True, "absolute position embeddings are not "
+                         "implemented; use mmdet's SwinTransformer for such a model")
+        check_act_cfg(act_cfg, name)
+        norm_layer = norm_layer_from_cfg(norm_cfg, name)
+        self.convert_weights = bool(convert_weights)
         cfg = self._resolve_arch(arch)
         embed_dim, depths, num_heads = cfg['embed_dim'], tuple(cfg['depths']), tuple(
             cfg['num_heads'])
@@ -232,6 +264,10 @@ class CFSwinTransformer(BackboneBase):
         if window_size < 1:
             raise ValueError(f'window_size must be >= 1, got {window_size}')
         n_st = len(depths)
+        if strides is not None and tuple(strides) != (patch_size,) + (2,) * (n_st - 1):
+            raise refuse(name, 'strides', strides, f'it embeds patches with stride patch_size '
+                         f'and merges 2x2: use {(patch_size,) + (2,) * (n_st - 1)} or leave '
+                         f'strides out')
         self._init_outputs(n_st, out_indices, frozen_stages, norm_eval)
         self.arch_settings = cfg
         self.in_channels = in_channels
@@ -241,27 +277,44 @@ class CFSwinTransformer(BackboneBase):
         self.strides = [patch_size * 2 ** i for i in range(n_st)]
 
         self.patch_embed = CrossScaleEmbed(in_channels, embed_dim, (patch_size,), stride=patch_size,
-                                           norm_layer=nn.LayerNorm if patch_norm else None)
+                                           norm_layer=norm_layer if patch_norm else None)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
         self.layers = nn.ModuleList()
         for i in range(n_st):
             dim = self.num_features[i]
             downsample = (PatchMerging(dim, 2 * dim,
-                                       norm_layer=nn.LayerNorm if patch_norm else None)
+                                       norm_layer=norm_layer if patch_norm else None)
                           if i < n_st - 1 else None)
             self.layers.append(SwinStage(
                 dim, depths[i], num_heads[i], window_size,
                 dpr[sum(depths[:i]):sum(depths[:i + 1])], downsample=downsample,
                 with_cp=with_cp, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias, qk_scale=qk_scale,
-                drop=drop_rate, attn_drop=attn_drop_rate, fused_attn=fused_attn))
+                drop=drop_rate, attn_drop=attn_drop_rate, fused_attn=fused_attn,
+                norm_layer=norm_layer))
         if out_norms:
-            self._add_out_norms()
+            self._add_out_norms(norm_layer)
         if num_classes > 0:
             self.head = nn.Linear(self.num_features[-1], num_classes)
         self._freeze_stages()
 
     # ---------------------------------------------------------------- construction helpers
+    @classmethod
+    def _arch_from_mmdet_args(cls, arch: Optional[Union[str, Mapping[str, Any]]],
+                              embed_dims: Optional[int], depths: Optional[Sequence[int]],
+                              num_heads: Optional[Sequence[int]]
+                              ) -> Union[str, Mapping[str, Any]]:
+        """``arch``, or the arch dict MMDetection's ``embed_dims``/``depths``/``num_heads`` give
+        (its defaults for the missing ones); ``'tiny'`` when neither is given."""
+        if embed_dims is None and depths is None and num_heads is None:
+            return 'tiny' if arch is None else arch
+        if arch is not None:
+            raise ValueError(f'{cls.__name__}: give the architecture either as arch or as '
+                             f'embed_dims/depths/num_heads (MMDetection\'s names), not both')
+        return dict(embed_dim=96 if embed_dims is None else embed_dims,
+                    depths=(2, 2, 6, 2) if depths is None else tuple(depths),
+                    num_heads=(3, 6, 12, 24) if num_heads is None else tuple(num_heads))
+
     def _init_extra(self) -> None:
         for m in self.modules():
             if isinstance(m, RelativePositionBias):
@@ -270,9 +323,11 @@ class CFSwinTransformer(BackboneBase):
     def convert_state_dict(self, state_dict: 'OrderedDict[str, Tensor]',
                            logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
         """Any supported layout → this model's key names
-        (:func:`convert_swin_state_dict`); relative-position tables of another window size are
-        resized (bicubic, logged)."""
-        state_dict = convert_swin_state_dict(state_dict, self.num_stages)
+        (:func:`convert_swin_state_dict`; with ``convert_weights`` an official checkpoint's
+        classification ``norm`` stays unused, as in MMDetection); relative-position tables of
+        another window size are resized (bicubic, logged)."""
+        state_dict = convert_swin_state_dict(state_dict, self.num_stages,
+                                             final_norm=not self.convert_weights)
         own = self.state_dict()
         for k, v in state_dict.items():
             if k.endswith('relative_position_bias_table') and k in own and \
@@ -331,8 +386,8 @@ def swin_checkpoint_layout(sd: Mapping[str, Any]) -> str:
                      f'{keys[:3]})')
 
 
-def convert_swin_state_dict(state_dict: Mapping[str, Tensor],
-                            num_stages: int = 4) -> 'OrderedDict[str, Tensor]':
+def convert_swin_state_dict(state_dict: Mapping[str, Tensor], num_stages: int = 4,
+                            final_norm: bool = True) -> 'OrderedDict[str, Tensor]':
     """The backbone's tensors of a Swin checkpoint of any supported layout → state dict of
     :class:`CFSwinTransformer`.
 
@@ -342,7 +397,9 @@ def convert_swin_state_dict(state_dict: Mapping[str, Tensor],
     w_msa.qkv``, ``ffn.layers.0.0``, ``patch_embed.projection``, merging channels in ``nn.Unfold``
     order, permuted back) and already converted files. The buffers ``relative_position_index`` and
     ``attn_mask`` that the model rebuilds are dropped. Relative-position tables are returned as
-    they are; :meth:`CFSwinTransformer.convert_state_dict` resizes them to the model.
+    they are; :meth:`CFSwinTransformer.convert_state_dict` resizes them to the model. With
+    ``final_norm=False`` the classification ``norm`` of an official / timm checkpoint keeps its
+    name (so it loads nowhere), as MMDetection's ``swin_converter`` leaves it.
     """
     layout = swin_checkpoint_layout(state_dict)
     out: 'OrderedDict[str, Tensor]' = OrderedDict()
@@ -358,7 +415,7 @@ def convert_swin_state_dict(state_dict: Mapping[str, Tensor],
                 v = unfold_to_official_order(v)
         elif layout in ('official', 'timm'):
             k = k.replace('patch_embed.proj.', 'patch_embed.projs.0.')
-            if k.startswith('norm.'):
+            if k.startswith('norm.') and final_norm:
                 k = f'norm{num_stages - 1}.' + k[len('norm.'):]
             if k.startswith('head.fc.'):
                 k = 'head.' + k[len('head.fc.'):]

@@ -42,6 +42,7 @@ from crossformer_mm.registry import register_model
 from ..utils import moved_names
 from .base import BackboneBase, ShapeSpec
 from .loading import backbone_state_dict
+from .upstream_args import check_act_cfg, init_cfg_from_pretrained, norm_layer_from_cfg, refuse
 
 OUT_TYPES = ('featmap', 'pyramid', 'cls_token', 'avg_featmap')
 
@@ -194,7 +195,7 @@ class CFVisionTransformer(BackboneBase):
     Args:
         arch: A name of :attr:`arch_zoo` (``tiny``/``t``, ``small``/``s``, ``base``/``b``,
             ``large``/``l``) or a dict with ``embed_dim``, ``depth``, ``num_heads`` and optionally
-            ``mlp_ratio``.
+            ``mlp_ratio``; default ``'base'`` (or MMSegmentation's names below).
         img_size: Pre-training image size; the position embedding has its token grid.
         patch_size: Patch size.
         in_channels: Image channels.
@@ -205,7 +206,8 @@ class CFVisionTransformer(BackboneBase):
         drop_path_rate: Stochastic depth (linear over blocks).
         patch_norm: LayerNorm after the patch embedding.
         pre_norm: LayerNorm ``norm_pre`` before the blocks (CLIP style).
-        final_norm: LayerNorm ``norm`` on the output of the last block.
+        final_norm: LayerNorm ``norm`` on the output of the last block; default True (False
+            when the architecture is given with MMSegmentation's names, see below).
         window_size: 0 for global attention everywhere, else the window side of every block not
             in ``global_attn_indexes`` (ViTDet uses 14 with global blocks 2, 5, 8, 11).
         global_attn_indexes: Blocks with global attention when ``window_size > 0``.
@@ -230,6 +232,25 @@ class CFVisionTransformer(BackboneBase):
         init_cfg: mmengine init config; ``dict(type='Pretrained', checkpoint=path)`` loads a
             timm / DeiT / MAE / MMSegmentation / MMPretrain / converted checkpoint with
             :meth:`load_pretrained` (``prefix`` optional).
+
+    MMSegmentation's ``VisionTransformer`` arguments are accepted too, with their meaning, so that
+    an MMSegmentation ViT config switches to this class by ``type`` alone (same weights, same
+    outputs):
+
+    * ``embed_dims``, ``num_layers``, ``num_heads``: the architecture instead of ``arch``
+      (missing ones take MMSegmentation's defaults 768, 12, 12). Given this way, the arguments
+      both classes share keep MMSegmentation's defaults too: ``final_norm=False`` and
+      ``patch_bias=False`` (otherwise True and True);
+    * ``mlp_ratio``: the MLP ratio (overrides the arch's);
+    * ``patch_bias``: a bias in the patch embedding (without one, a checkpoint's patch bias is
+      reported and not used, as MMSegmentation does);
+    * ``norm_cfg``: LayerNorm (``dict(type='LN', eps=...)``) for every norm; ``act_cfg``: GELU;
+    * ``patch_pad``: only ``'corner'`` (bottom/right zero padding, what this class does);
+    * ``num_fcs``: only 2; ``out_origin``, ``output_cls_token``: only False (``out_type=
+      'cls_token'`` gives the class token); ``frozen_exclude``: only ``['all']`` (nothing frozen;
+      use ``frozen_stages``);
+    * ``pretrained``: deprecated spelling of ``init_cfg=dict(type='Pretrained', checkpoint=...)``
+      (MMSegmentation's ``EncoderDecoder`` passes ``model.pretrained`` this way).
     """
 
     arch_zoo: Dict[str, Dict[str, Any]] = {
@@ -245,12 +266,12 @@ class CFVisionTransformer(BackboneBase):
     structural_keys = ('patch_embed.', 'blocks.')
     optional_keys = ('rel_pos_h', 'rel_pos_w')
 
-    def __init__(self, arch: Union[str, Mapping[str, Any]] = 'base',
+    def __init__(self, arch: Optional[Union[str, Mapping[str, Any]]] = None,
                  img_size: Union[int, Sequence[int]] = 224, patch_size: int = 16,
                  in_channels: int = 3, with_cls_token: bool = True, qkv_bias: bool = True,
                  drop_rate: float = 0.0, attn_drop_rate: float = 0.0,
                  drop_path_rate: float = 0.0, patch_norm: bool = False, pre_norm: bool = False,
-                 final_norm: bool = True, window_size: int = 0,
+                 final_norm: Optional[bool] = None, window_size: int = 0,
                  global_attn_indexes: Sequence[int] = (), use_rel_pos: bool = False,
                  out_type: str = 'featmap', out_indices: Union[int, Sequence[int]] = -1,
                  pyramid_scales: Sequence[float] = (4.0, 2.0, 1.0, 0.5),
@@ -258,9 +279,29 @@ class CFVisionTransformer(BackboneBase):
                  interpolate_mode: str = 'bicubic', num_classes: int = 0,
                  frozen_stages: int = -1, norm_eval: bool = False, with_cp: bool = False,
                  fused_attn: bool = True,
-                 init_cfg: Optional[Union[dict, List[dict]]] = None) -> None:
+                 init_cfg: Optional[Union[dict, List[dict]]] = None, *,
+                 embed_dims: Optional[int] = None, num_layers: Optional[int] = None,
+                 num_heads: Optional[int] = None, mlp_ratio: Optional[float] = None,
+                 patch_bias: Optional[bool] = None, patch_pad: Union[str, int] = 'corner',
+                 norm_cfg: Optional[dict] = None, act_cfg: Optional[dict] = None,
+                 num_fcs: int = 2, out_origin: bool = False, output_cls_token: bool = False,
+                 frozen_exclude: Optional[Sequence[str]] = None,
+                 pretrained: Optional[str] = None) -> None:
+        name = type(self).__name__
+        init_cfg = init_cfg_from_pretrained(pretrained, init_cfg, name)
         super().__init__(init_cfg=init_cfg)
-        cfg = self._resolve_arch(arch)
+        mmseg_arch = not (embed_dims is None and num_layers is None and num_heads is None)
+        if final_norm is None:
+            final_norm = not mmseg_arch
+        if patch_bias is None:
+            patch_bias = not mmseg_arch
+        self._check_mmseg_args(patch_pad, num_fcs, out_origin, output_cls_token, frozen_exclude)
+        check_act_cfg(act_cfg, name)
+        norm_layer = norm_layer_from_cfg(norm_cfg, name)
+        cfg = self._resolve_arch(
+            self._arch_from_mmseg_args(arch, embed_dims, num_layers, num_heads))
+        if mlp_ratio is not None:
+            cfg['mlp_ratio'] = mlp_ratio
         dim, depth, heads = cfg['embed_dim'], cfg['depth'], cfg['num_heads']
         mlp_ratio = cfg.get('mlp_ratio', 4.0)
         if out_type not in OUT_TYPES:
@@ -293,22 +334,24 @@ class CFVisionTransformer(BackboneBase):
         self.strides = [patch_size] * depth
 
         self.patch_embed = CrossScaleEmbed(in_channels, dim, (patch_size,), stride=patch_size,
-                                           norm_layer=nn.LayerNorm if patch_norm else None)
+                                           norm_layer=norm_layer if patch_norm else None,
+                                           bias=patch_bias)
         if with_cls_token:
             self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         num_pos = self.num_prefix_tokens + self.grid_size[0] * self.grid_size[1]
         self.pos_embed = nn.Parameter(torch.zeros(1, num_pos, dim))
         self.pos_drop = nn.Dropout(drop_rate)
-        self.norm_pre = nn.LayerNorm(dim) if pre_norm else None
+        self.norm_pre = norm_layer(dim) if pre_norm else None
         dpr = torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.ModuleList()
         for i in range(depth):
             ws = 0 if i in global_attn_indexes else window_size
             rel = ((ws, ws) if ws > 0 else self.grid_size) if use_rel_pos else None
             self.blocks.append(ViTBlock(dim, heads, mlp_ratio, qkv_bias, drop_rate,
-                                        attn_drop_rate, dpr[i], ws, rel, fused_attn))
-        self.norm = nn.LayerNorm(dim) if final_norm else None
-        self.fc_norm = nn.LayerNorm(dim) if fc_norm else None
+                                        attn_drop_rate, dpr[i], ws, rel, fused_attn,
+                                        norm_layer=norm_layer))
+        self.norm = norm_layer(dim) if final_norm else None
+        self.fc_norm = norm_layer(dim) if fc_norm else None
         self.pyramid = (SimpleFeaturePyramid(dim, pyramid_scales, pyramid_channels)
                         if out_type == 'pyramid' else None)
         if num_classes > 0:
@@ -316,6 +359,42 @@ class CFVisionTransformer(BackboneBase):
         self._freeze_stages()
 
     # ---------------------------------------------------------------- construction helpers
+    @classmethod
+    def _arch_from_mmseg_args(cls, arch: Optional[Union[str, Mapping[str, Any]]],
+                              embed_dims: Optional[int], num_layers: Optional[int],
+                              num_heads: Optional[int]) -> Union[str, Mapping[str, Any]]:
+        """``arch``, or the arch dict MMSegmentation's ``embed_dims``/``num_layers``/``num_heads``
+        give (its defaults for the missing ones); ``'base'`` when neither is given."""
+        if embed_dims is None and num_layers is None and num_heads is None:
+            return 'base' if arch is None else arch
+        if arch is not None:
+            raise ValueError(f'{cls.__name__}: give the architecture either as arch or as '
+                             f"embed_dims/num_layers/num_heads (MMSegmentation's names), not both")
+        return dict(embed_dim=768 if embed_dims is None else embed_dims,
+                    depth=12 if num_layers is None else num_layers,
+                    num_heads=12 if num_heads is None else num_heads)
+
+    @classmethod
+    def _check_mmseg_args(cls, patch_pad: Union[str, int], num_fcs: int, out_origin: bool,
+                          output_cls_token: bool,
+                          frozen_exclude: Optional[Sequence[str]]) -> None:
+        """Refuse MMSegmentation arguments this class cannot honour, one line each."""
+        name = cls.__name__
+        if patch_pad != 'corner':
+            raise refuse(name, 'patch_pad', patch_pad, "it pads images at the bottom/right to a "
+                         "multiple of the patch size: use 'corner' or leave patch_pad out")
+        if num_fcs != 2:
+            raise refuse(name, 'num_fcs', num_fcs, 'its MLPs have two layers: use 2')
+        if out_origin:
+            raise refuse(name, 'out_origin', True, 'it returns block outputs only: set '
+                         'out_origin=False')
+        if output_cls_token:
+            raise refuse(name, 'output_cls_token', True, "set output_cls_token=False and use "
+                         "out_type='cls_token' for a class-token feature")
+        if frozen_exclude is not None and 'all' not in frozen_exclude:
+            raise refuse(name, 'frozen_exclude', frozen_exclude, 'it freezes whole blocks: use '
+                         'frozen_stages')
+
     def stage_modules(self) -> Sequence[nn.Module]:
         return self.blocks
 
@@ -349,6 +428,12 @@ class CFVisionTransformer(BackboneBase):
         :func:`~crossformer_mm.models.layers.get_rel_pos` would at run time. Logged."""
         state_dict = convert_vit_state_dict(state_dict)
         own = self.state_dict()
+        bias = 'patch_embed.projs.0.bias'
+        if bias in state_dict and bias not in own:
+            dropped = state_dict.pop(bias)
+            if dropped.any():
+                print_log(f'{bias} is not used: the model has patch_bias=False (as MMSegmentation'
+                          f"'s VisionTransformer)", logger=logger, level=logging.WARNING)
         pos = state_dict.get('pos_embed')
         if pos is not None and pos.shape[-1] == own['pos_embed'].shape[-1]:
             state_dict['pos_embed'] = _adapt_pos_embed(pos, self, logger)

@@ -31,6 +31,15 @@ class _StaticShapeTensors(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def _is_compiling() -> bool:
+    """``torch.compiler.is_compiling()`` (torch >= 2.3); torch 2.1 and 2.2 have it in
+    ``torch._dynamo``."""
+    is_compiling = getattr(torch.compiler, 'is_compiling', None)
+    if is_compiling is None:
+        from torch._dynamo import is_compiling
+    return is_compiling()
+
+
 @register_model((MMDET_MODELS, ))
 class CFDeformableDETR(DETRFamilyMixin, DeformableDETR):
     """Deformable DETR with the package's multi-scale deformable attention.
@@ -54,7 +63,7 @@ class CFDeformableDETR(DETRFamilyMixin, DeformableDETR):
         if batch_data_samples is None:
             raise ValueError(f'{type(self).__name__} needs batch_data_samples (for the image '
                              'shapes and the padding masks)')
-        if not torch.compiler.is_compiling():
+        if not _is_compiling():
             return super().pre_transformer(mlvl_feats, batch_data_samples)
         # torch.compile / torch.export: mmdet reads each level's size with
         # ``torch._shape_as_tensor``, which fake tensors cannot serve; built from the static sizes

@@ -48,10 +48,10 @@ class _MultiKernelConv(nn.Module):
         self.out_channels = out_channels
         self.split = split_channels(out_channels, len(kernel_sizes))
 
-    def _make_convs(self) -> nn.ModuleList:
+    def _make_convs(self, bias: bool = True) -> nn.ModuleList:
         return nn.ModuleList(
             nn.Conv2d(self.in_channels, c, kernel_size=k, stride=self.stride,
-                      padding=(k - self.stride) // 2)
+                      padding=(k - self.stride) // 2, bias=bias)
             for k, c in zip(self.kernel_sizes, self.split))
 
     @staticmethod
@@ -71,14 +71,16 @@ class CrossScaleEmbed(_MultiKernelConv):
         kernel_sizes: Kernel sizes, e.g. ``(4, 8, 16, 32)``; ``(patch_size,)`` for ViT/Swin.
         stride: Patch size (stride of every conv); padding is ``(k − stride) / 2``.
         norm_layer: Norm class applied to the concatenated tokens, or None.
+        bias: Biases in the convolutions.
     """
 
     def __init__(self, in_channels: int = 3, embed_dim: int = 96,
                  kernel_sizes: Sequence[int] = (4, 8, 16, 32), stride: int = 4,
-                 norm_layer: Optional[Callable[[int], nn.Module]] = nn.LayerNorm) -> None:
+                 norm_layer: Optional[Callable[[int], nn.Module]] = nn.LayerNorm,
+                 bias: bool = True) -> None:
         super().__init__(in_channels, embed_dim, kernel_sizes, stride)
         self.embed_dim = embed_dim
-        self.projs = self._make_convs()
+        self.projs = self._make_convs(bias)
         self.norm = norm_layer(embed_dim) if norm_layer is not None else None
 
     def forward(self, x: Tensor) -> Tensor:

@@ -271,6 +271,116 @@ def test_converter_cli_rejects_non_swin(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------------------------------
+# MMDetection's own Swin config with only the backbone type changed
+# ------------------------------------------------------------------------------------------
+MMDET_SWIN_CONFIG = 'mmdet::swin/mask-rcnn_swin-t-p4-w7_fpn_1x_coco.py'
+
+
+def build_mmdet_config_model(backbone_type: str, checkpoint: Path) -> torch.nn.Module:
+    """MMDetection's Swin-T Mask R-CNN from its own config, with ``backbone.type`` replaced and
+    the official checkpoint URL replaced by a local file; weights initialised as the Runner
+    does."""
+    from mmdet.registry import MODELS
+    from mmengine.config import Config
+    from mmengine.registry import DefaultScope
+    user_config = checkpoint.parent / f'{backbone_type}.py'  # a user's config: the base only
+    user_config.write_text(f"_base_ = '{MMDET_SWIN_CONFIG}'\n")
+    cfg = Config.fromfile(str(user_config))
+    cfg.model.backbone.type = backbone_type
+    cfg.model.backbone.init_cfg.checkpoint = str(checkpoint)
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        model = MODELS.build(cfg.model)
+    model.init_weights()
+    return model.eval()
+
+
+def test_mmdet_swin_config_switches_by_type(tmp_path) -> None:
+    """Same config (``convert_weights=True``, official checkpoint), same weights, same outputs."""
+    src = CFSwinTransformer('tiny')
+    randomize(src, seed=5)
+    official = official_state_dict(src)
+    official['head.weight'] = torch.randn(10, 768)
+    ckpt = tmp_path / 'swin_tiny_patch4_window7_224.pth'
+    torch.save({'model': official}, ckpt)
+    ref = build_mmdet_config_model('SwinTransformer', ckpt)
+    ours = build_mmdet_config_model('CFSwinTransformer', ckpt)
+    assert isinstance(ours.backbone, CFSwinTransformer)
+    assert type(ref.backbone).__name__ == 'SwinTransformer'
+    x = torch.randn(1, 3, 97, 131, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected, got = ref.backbone(x), ours.backbone(x)
+        scale = max(e.abs().max().item() for e in expected)
+        assert scale > 0.5  # weights were loaded
+        assert max_diff(list(got), list(expected)) <= 1e-4 * max(1.0, scale)
+        # The whole detector's features too once the (randomly initialised) necks agree.
+        ours.neck.load_state_dict(ref.neck.state_dict())
+        feats = ref.extract_feat(x)
+        assert max_diff(list(ours.extract_feat(x)), list(feats)) <= \
+            1e-4 * max(1.0, max(f.abs().max().item() for f in feats))
+
+
+def test_mmdet_arguments_mean_what_they_mean_there() -> None:
+    from mmdet.models.backbones.swin import SwinTransformer
+    args = dict(embed_dims=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), strides=(4, 2, 2, 2),
+                pretrain_img_size=224, window_size=7, mlp_ratio=4, out_indices=(1, 2, 3),
+                qkv_bias=True, qk_scale=None, patch_norm=True, drop_rate=0.0,
+                attn_drop_rate=0.0, drop_path_rate=0.1, use_abs_pos_embed=False,
+                act_cfg=dict(type='GELU'), norm_cfg=dict(type='LN', eps=1e-6), with_cp=False,
+                convert_weights=False, frozen_stages=1, init_cfg=None)
+    ref = SwinTransformer(**args)
+    randomize(ref, seed=6)
+    ref.eval()
+    ours = CFSwinTransformer(**args)
+    ours.load_pretrained(ref.state_dict(), strict=True)
+    ours.train()
+    ref.train()
+    assert ({n for n, p in ours.named_parameters() if not p.requires_grad} ==
+            {n for n, p in convert_and_name(ref) if not p.requires_grad})
+    assert {m.eps for m in ours.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
+    rates = [b.drop_path.drop_prob for layer in ours.layers for b in layer.blocks
+             if hasattr(b.drop_path, 'drop_prob')]
+    assert rates == pytest.approx(torch.linspace(0, 0.1, 8)[1:].tolist())
+    ours.eval()
+    ref.eval()
+    x = torch.randn(1, 3, 70, 90)
+    with torch.no_grad():
+        assert max_diff(list(ours(x)), list(ref(x))) <= 1e-4
+    # MMDetection's defaults for the architecture names it leaves out (Swin-T).
+    assert CFSwinTransformer(embed_dims=96).num_features == [96, 192, 384, 768]
+
+
+def convert_and_name(ref: torch.nn.Module):
+    """``ref``'s parameters under our key names (same order of conversion as loading)."""
+    params = dict(ref.named_parameters())
+    renamed = convert_swin_checkpoint(params)
+    return [(k, params[old]) for k, old in zip(renamed, params)]
+
+
+@pytest.mark.parametrize('arg, value, needle', [
+    ('use_abs_pos_embed', True, 'use_abs_pos_embed=True'),
+    ('strides', (4, 2, 2, 1), 'strides=(4, 2, 2, 1)'),
+    ('act_cfg', dict(type='ReLU'), "act_cfg={'type': 'ReLU'}"),
+    ('norm_cfg', dict(type='BN'), "norm_cfg={'type': 'BN'}"),
+])
+def test_mmdet_arguments_it_cannot_honour(arg: str, value: Any, needle: str) -> None:
+    with pytest.raises(ValueError) as err:
+        CFSwinTransformer(**{arg: value})
+    message = str(err.value)
+    assert '\n' not in message and needle in message and 'CFSwinTransformer' in message
+
+
+def test_arch_and_mmdet_names_together_is_an_error() -> None:
+    with pytest.raises(ValueError, match='either as arch or as embed_dims'):
+        CFSwinTransformer('tiny', embed_dims=96)
+    with pytest.warns(DeprecationWarning, match='pretrained is deprecated'):
+        model = CFSwinTransformer(TINY, pretrained='x.pth')
+    assert model.init_cfg == dict(type='Pretrained', checkpoint='x.pth')
+    with pytest.raises(ValueError, match='either pretrained or init_cfg'):
+        CFSwinTransformer(TINY, pretrained='x.pth', init_cfg=dict(type='Pretrained',
+                                                                 checkpoint='y.pth'))
+
+
+# ------------------------------------------------------------------------------------------
 # Options and errors
 # ------------------------------------------------------------------------------------------
 def test_registered_everywhere() -> None:

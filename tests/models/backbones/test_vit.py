@@ -124,6 +124,95 @@ def test_position_interpolation_is_exercised(mmseg_vit: torch.nn.Module) -> None
 
 
 # ------------------------------------------------------------------------------------------
+# MMSegmentation's own ViT config with only the backbone type changed
+# ------------------------------------------------------------------------------------------
+MMSEG_VIT_CONFIG = 'mmseg::vit/vit_vit-b16_mln_upernet_8xb2-80k_ade20k-512x512.py'
+
+
+def load_mmseg_vit_config(folder: Path):
+    """MMSegmentation's config as a user's config file would take it (its base only)."""
+    from mmengine.config import Config
+    user_config = folder / 'user_config.py'
+    user_config.write_text(f"_base_ = '{MMSEG_VIT_CONFIG}'\n")
+    return Config.fromfile(str(user_config))
+
+
+def build_mmseg_config_model(backbone_type: str, checkpoint: Path) -> torch.nn.Module:
+    """MMSegmentation's ViT-B UPerNet from its own config, with ``backbone.type`` replaced and its
+    ``pretrained`` file replaced by a local one; weights initialised as the Runner does."""
+    from mmengine.registry import DefaultScope
+    from mmseg.registry import MODELS
+    cfg = load_mmseg_vit_config(checkpoint.parent)
+    cfg.model.backbone.type = backbone_type
+    cfg.model.pretrained = str(checkpoint)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MODELS.build(cfg.model)
+    model.backbone.init_weights()  # what the segmentor's init_weights runs for the backbone
+    return model.eval()
+
+
+def test_mmseg_vit_config_switches_by_type(tmp_path) -> None:
+    """Same config (no final norm, no patch bias, LN eps 1e-6), same weights, same outputs."""
+    from mmseg.models.backbones.vit import VisionTransformer
+    backbone = dict(load_mmseg_vit_config(tmp_path).model.backbone)
+    backbone.pop('type')
+    src = VisionTransformer(**backbone)
+    randomize(src, seed=7)
+    with torch.no_grad():  # block weights of a trained scale (std 0.02) keep ViT-B's 12 blocks tame
+        for name, p in src.named_parameters():
+            if name.startswith('layers.') and p.ndim == 2:
+                p.mul_(0.2)
+    ckpt = tmp_path / 'vit-b16_mmseg.pth'
+    torch.save(src.state_dict(), ckpt)
+    ref = build_mmseg_config_model('VisionTransformer', ckpt)
+    ours = build_mmseg_config_model('CFVisionTransformer', ckpt)
+    assert isinstance(ours.backbone, CFVisionTransformer)
+    assert ours.backbone.norm is None and ours.backbone.patch_embed.projs[0].bias is None
+    assert {m.eps for m in ours.backbone.modules() if isinstance(m, torch.nn.LayerNorm)} == {1e-6}
+    x = torch.randn(1, 3, 64, 80, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected, got = ref.backbone(x), ours.backbone(x)
+        scale = max(e.abs().max().item() for e in expected)
+        assert scale > 0.5  # weights were loaded
+        assert max_diff(got, expected) <= 1e-4 * max(1.0, scale)
+
+
+@pytest.mark.parametrize('arg, value, needle', [
+    ('patch_pad', 'same', "patch_pad='same'"),
+    ('num_fcs', 3, 'num_fcs=3'),
+    ('out_origin', True, 'out_origin=True'),
+    ('output_cls_token', True, "out_type='cls_token'"),
+    ('frozen_exclude', ['cls_token'], 'frozen_stages'),
+    ('act_cfg', dict(type='ReLU'), "act_cfg={'type': 'ReLU'}"),
+    ('norm_cfg', dict(type='BN'), "norm_cfg={'type': 'BN'}"),
+])
+def test_mmseg_arguments_it_cannot_honour(arg: str, value: Any, needle: str) -> None:
+    with pytest.raises(ValueError) as err:
+        CFVisionTransformer(embed_dims=64, num_layers=2, num_heads=4, **{arg: value})
+    message = str(err.value)
+    assert '\n' not in message and needle in message and 'CFVisionTransformer' in message
+
+
+def test_mmseg_names_and_defaults() -> None:
+    model = CFVisionTransformer(embed_dims=64, num_layers=2, num_heads=4, mlp_ratio=2)
+    assert model.norm is None and model.patch_embed.projs[0].bias is None
+    assert model.blocks[0].mlp.fc1.out_features == 128 and len(model.blocks) == 2
+    native = CFVisionTransformer(dict(embed_dim=64, depth=2, num_heads=4))
+    assert native.norm is not None and native.patch_embed.projs[0].bias is not None
+    with pytest.raises(ValueError, match='either as arch or as embed_dims'):
+        CFVisionTransformer('base', num_layers=2)
+    # A checkpoint's patch bias is reported and dropped when the model has none.
+    src = CFVisionTransformer(dict(embed_dim=64, depth=2, num_heads=4), img_size=64,
+                              final_norm=False)
+    randomize(src)
+    logger = capture_logger()
+    model = CFVisionTransformer(embed_dims=64, num_layers=2, num_heads=4, img_size=64)
+    missing, unexpected = model.load_pretrained(src.state_dict(), logger=logger)
+    assert not missing and not unexpected
+    assert any('patch_bias=False' in m for m in logger.handlers[0].messages)
+
+
+# ------------------------------------------------------------------------------------------
 # Checkpoint layouts
 # ------------------------------------------------------------------------------------------
 def timm_state_dict(model: CFVisionTransformer) -> 'OrderedDict[str, Tensor]':
