@@ -13,6 +13,8 @@ that mmcv's CUDA ops are checked without a GPU and without the CUDA toolkit.
 Running on the CPU is explicit: ``--cpu`` on the tools or ``CFM_ALLOW_CPU=1`` (both hide the GPUs
 with ``CUDA_VISIBLE_DEVICES=``); an empty ``CUDA_VISIBLE_DEVICES`` set by the user counts too.
 """
+import glob
+import importlib.util
 import os
 import struct
 from typing import Iterable, List, NamedTuple, Optional, Sequence, Set, Tuple
@@ -97,6 +99,19 @@ def fatbin_archs(path: str) -> Tuple[Set[int], Set[int]]:
                 entry += entry_header + payload
             pos = stop
     return cubins, ptx
+
+
+def mmcv_cuda_archs() -> Tuple[Optional[Set[int]], Optional[Set[int]], str]:
+    """(cubin archs, PTX archs, the library they were read from) of mmcv's compiled ops, read
+    without importing them; ``None, None, why`` when mmcv or its compiled ops are missing."""
+    spec = importlib.util.find_spec('mmcv')
+    if spec is None or not spec.submodule_search_locations:
+        return None, None, 'mmcv is not installed'
+    found = sorted(glob.glob(os.path.join(list(spec.submodule_search_locations)[0], '_ext*.so')))
+    if not found:
+        return None, None, 'mmcv has no compiled ops (mmcv._ext is missing)'
+    cubins, ptx = fatbin_archs(found[0])
+    return cubins, ptx, os.path.basename(found[0])
 
 
 def parse_arch_list(arch_list: Iterable[str]) -> Tuple[Set[int], Set[int]]:
@@ -216,5 +231,5 @@ class GPUUnusableError(RuntimeError):
 
 
 __all__ = ['ALLOW_CPU_ENV', 'GPUUnusableError', 'Problem', 'arch_served', 'cpu_requested',
-           'fatbin_archs', 'node_gpus', 'parse_arch_list', 'refuse_cpu_on_gpu_node', 'request_cpu',
+           'fatbin_archs', 'mmcv_cuda_archs', 'node_gpus', 'parse_arch_list', 'refuse_cpu_on_gpu_node', 'request_cpu',
            'sm_list', 'torch_gpu_problems']

@@ -14,9 +14,7 @@ one line per problem, each with its fix, when something the requested run needs 
 ``--launch`` prints only those lines (nothing when all is well).
 """
 import argparse
-import glob
 import importlib
-import importlib.util
 import os.path as osp
 import platform
 import sys
@@ -58,20 +56,6 @@ def version_of(module: str) -> Tuple[Optional[str], str]:
             return None, 'not installed'
         return None, f'import failed: {type(exc).__name__}: {str(exc).splitlines()[0]}'
     return getattr(mod, '__version__', '?'), getattr(mod, '__version__', '?')
-
-
-def mmcv_cuda_archs() -> Tuple[Optional[set], Optional[set], str]:
-    """(cubin archs, PTX archs, where they were read) of mmcv's compiled ops; ``None`` without
-    compiled ops."""
-    from crossformer_mm.utils.gpu_check import fatbin_archs
-    spec = importlib.util.find_spec('mmcv')
-    if spec is None or not spec.submodule_search_locations:
-        return None, None, 'mmcv is not installed'
-    found = sorted(glob.glob(osp.join(spec.submodule_search_locations[0], '_ext*.so')))
-    if not found:
-        return None, None, 'mmcv has no compiled ops (mmcv._ext is missing)'
-    cubins, ptx = fatbin_archs(found[0])
-    return cubins, ptx, osp.basename(found[0])
 
 
 def triton_aot(cc: Tuple[int, int], dtypes: Sequence[str]) -> str:
@@ -149,7 +133,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if all(versions[name][0] is None for name in TOOLBOXES):
         problems.append('none of mmdet, mmseg, mmpretrain imports; fix: run '
                         '`bash tools/setup_env.sh`')
-    mm_cubins, mm_ptx, mm_where = mmcv_cuda_archs()
+    mm_cubins, mm_ptx, mm_where = gpu_check.mmcv_cuda_archs()
     if mm_cubins is None:
         mmcv_ops = mm_where
     elif mm_cubins or mm_ptx:
