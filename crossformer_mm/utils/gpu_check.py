@@ -34,6 +34,10 @@ SETUP_FIX = ('remove the environment (.venv or $CFM_VENV) and rerun `bash tools/
 CPU_FIX = f'to run on the CPU on purpose, pass --cpu or set {ALLOW_CPU_ENV}=1'
 
 
+class GPUUnusableError(RuntimeError):
+    """The node has NVIDIA GPUs that torch cannot use (printed as one line by the tools)."""
+
+
 class Problem(NamedTuple):
     """Something the requested run needs that is missing: why, and what to do."""
     reason: str
@@ -226,10 +230,6 @@ def refuse_cpu_on_gpu_node(cpu: bool = False) -> None:
         raise GPUUnusableError(f'refusing to start: {problems[0]} ({CPU_FIX})')
 
 
-class GPUUnusableError(RuntimeError):
-    """The node has NVIDIA GPUs that torch cannot use (printed as one line by the tools)."""
-
-
 __all__ = ['ALLOW_CPU_ENV', 'GPUUnusableError', 'Problem', 'arch_served', 'cpu_requested',
-           'fatbin_archs', 'mmcv_cuda_archs', 'node_gpus', 'parse_arch_list', 'refuse_cpu_on_gpu_node', 'request_cpu',
-           'sm_list', 'torch_gpu_problems']
+           'fatbin_archs', 'mmcv_cuda_archs', 'node_gpus', 'parse_arch_list',
+           'refuse_cpu_on_gpu_node', 'request_cpu', 'sm_list', 'torch_gpu_problems']

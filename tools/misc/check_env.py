@@ -151,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     # --- devices ----------------------------------------------------------------------------
     try:
-        targets = [(f'arch {c[0]}.{c[1]}', None, c) for c in parse_archs(' '.join(args.arch)) or []]
+        targets = [(f'arch {c[0]}.{c[1]}', None, c)
+                   for c in parse_archs(' '.join(args.arch)) or []]
     except GpuEnvError as exc:
         print(f'error: --arch: {exc}', file=sys.stderr)
         return 2
