@@ -21,18 +21,27 @@
 #                 build and stack
 #                 (default: ~/.cache/crossformer_mm)
 #   CFM_TORCH     torch (and torchvision) requirements on machines without a CUDA torch
-#                 (default: "torch==2.14.1 torchvision==0.29.1": CUDA builds, which also run on a
-#                 CPU-only machine; "torch==2.13.0" selects the CPU-only wheel without torchvision)
-# If the interpreter already has a CUDA build of torch, the environment is created with
-# --system-site-packages and that torch (and its torchvision, if any) is kept; mmcv is then built
-# with its CUDA ops when a GPU is visible.
+#                 (default: chosen for the GPU targets, below; without any, "torch==2.14.1
+#                 torchvision==0.29.1": CUDA 13.0 builds, which also run on a CPU-only machine;
+#                 "torch==2.13.0" selects the CPU-only wheel without torchvision)
+#   CFM_CUDA_ARCHS  the GPUs to serve, as compute capabilities, e.g. "7.0;8.0;9.0" (default: those
+#                 of the GPUs nvidia-smi lists; none on a machine without NVIDIA GPUs; "cpu": no
+#                 GPU target). Set it on a node without GPUs (a login node) for the GPU nodes.
+#   CFM_TOOLKIT   where the CUDA toolkit that compiles mmcv's CUDA ops comes from: auto (default:
+#                 a system nvcc whose version matches torch's CUDA, else NVIDIA's toolkit packages
+#                 from PyPI, which exist for CUDA 13 only), system, or pypi
+# With GPU targets, setup picks the torch build that serves them and the driver (CUDA 12.6 from
+# PyTorch's index when a target is Volta 7.0 or the driver is too old for CUDA 13; else the PyPI
+# default, CUDA 13.0), prints which and why, and builds mmcv's CUDA ops for the targets only. If the
+# interpreter already has a CUDA build of torch, the environment is created with
+# --system-site-packages and that torch (and its torchvision, if any) is kept when it serves the
+# targets. The decisions live in crossformer_mm/utils/gpu_env.py.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 VENV=${CFM_VENV:-$ROOT/.venv}
 PY=${PYTHON:-python3}
 CACHE=${CFM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/crossformer_mm}
-TORCH_REQ=${CFM_TORCH:-torch==2.14.1 torchvision==0.29.1}
 STACK=${CFM_STACK:-upstream}
 case "$STACK" in
   upstream) MM_REQ=requirements/mminstall.txt; OTHER_REQ=requirements/mminstall-onedl.txt ;;
@@ -44,6 +53,8 @@ esac
 MMCV_DIST=$(sed -n -E 's/^((onedl-)?mmcv)==.*/\1/p' "$ROOT/$MM_REQ")
 MMCV_VERSION=$(sed -n -E 's/^(onedl-)?mmcv==([^ ;#]+).*/\2/p' "$ROOT/$MM_REQ")
 START=$(date +%s)
+GPU_ENV="$ROOT/crossformer_mm/utils/gpu_env.py"
+MMCV_RECORD=$VENV/.crossformer_mm-mmcv
 
 log() { echo "[setup $(( $(date +%s) - START ))s] $*"; }
 
@@ -52,10 +63,14 @@ stamp_of() {
   (
     cd "$ROOT"
     echo "stack=$STACK"
+    echo "gpu_targets=$CFM_TARGETS"
     cat tools/setup_env.sh setup.py requirements/*.txt 2>/dev/null
     find crossformer_mm -path '*/csrc/*' -type f 2>/dev/null | LC_ALL=C sort | xargs -r cat
   ) | sha256sum | cut -d' ' -f1
 }
+# The GPU targets (compute capabilities; empty without GPUs), from CFM_CUDA_ARCHS or nvidia-smi.
+TARGETS_PLAN=$("$PY" "$GPU_ENV" targets) || exit 2
+eval "$TARGETS_PLAN"
 STAMP=$(stamp_of)
 STAMP_FILE=$VENV/.crossformer_mm-stamp
 
@@ -101,14 +116,22 @@ pip_install() {
 # 2. Build tools, then torch (an installed torch is kept as it is).
 log "installing build tools"
 pip_install -q -r "$ROOT/requirements/build.txt" "numpy>=2,<3"
-if ! "$VPY" -c "import torch" >/dev/null 2>&1; then
-  log "installing $TORCH_REQ"
+# The torch build for the GPU targets (one line: which, and why); an installed torch is kept.
+INSTALLED_TORCH=$("$VPY" -c "import torch; print(torch.__version__, torch.version.cuda or 'none')" 2>/dev/null || true)
+# shellcheck disable=SC2086  (version and CUDA: two words)
+TORCH_PLAN=$(CFM_TORCH=${CFM_TORCH:-} "$PY" "$GPU_ENV" plan-torch ${INSTALLED_TORCH:+--installed $INSTALLED_TORCH}) || exit 2
+eval "$TORCH_PLAN"
+log "$TORCH_LINE"
+if [ -z "$INSTALLED_TORCH" ]; then
+  if [ -n "$TORCH_INDEX" ]; then
+    "$PY" "$GPU_ENV" probe-index "$TORCH_INDEX" || exit 2
+  fi
+  log "installing $TORCH_REQ${TORCH_INDEX:+ from $TORCH_INDEX}"
   # shellcheck disable=SC2086  (the knob holds several requirements)
-  pip_install -q $TORCH_REQ
+  pip_install -q $TORCH_REQ ${TORCH_INDEX:+--index-url "$TORCH_INDEX"}
 fi
-TORCH_TAG=$("$VPY" -c "import torch; print(torch.__version__.replace('+', '_'))")
-WITH_CUDA=$("$VPY" -c "import torch; print(int(bool(torch.version.cuda) and torch.cuda.is_available()))")
-log "torch $TORCH_TAG (CUDA ops: $WITH_CUDA)"
+read -r TORCH_TAG TORCH_CUDA < <("$VPY" -c "import torch; print(torch.__version__.replace('+', '_'), torch.version.cuda or 'none')")
+log "torch $TORCH_TAG (CUDA: $TORCH_CUDA; GPU targets: ${CFM_TARGETS:-none})"
 
 # 3. mmcv with its compiled ops. The wheel is cached per torch build (and, by its name, per stack),
 #    so a new environment on the same machine installs it in seconds; only a machine's first run
@@ -121,9 +144,8 @@ build_mmcv() {
   if ls "$WHEEL_DIR/$pkg-$version"-*.whl >/dev/null 2>&1; then
     return 0
   fi
-  log "building $dist $version with ops (the long step; done once per torch build and stack)"
+  log "building $dist $version with ops (the long step; done once per torch build, GPU targets and stack)"
   export MMCV_WITH_OPS=1 MAX_JOBS=${MAX_JOBS:-$(nproc)}
-  if [ "$WITH_CUDA" = 1 ]; then export FORCE_CUDA=1; fi
   src=$(mktemp -d)
   "$VPY" -m pip download --disable-pip-version-check --no-deps --no-build-isolation \
     --no-binary :all: -d "$src" \
@@ -154,12 +176,42 @@ if [ -n "$INSTALLED_OTHER" ]; then
   "$VPY" -m pip uninstall --disable-pip-version-check -y -q $INSTALLED_OTHER
 fi
 
-if ! "$VPY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" >/dev/null 2>&1; then
-  WHEEL_DIR="$CACHE/wheels/torch-$TORCH_TAG-cuda$WITH_CUDA"
+# The mmcv build the targets need: CPU ops only without GPU targets (any installed build serves),
+# else CUDA ops for exactly the targets, which a CPU-only or other-arch build does not serve. The
+# wheel cache key names the build: torch-<tag>-cuda0 (CPU) or torch-<tag>-cuda-sm70_80 (archs);
+# $MMCV_RECORD keeps the key of the installed build.
+MMCV_OK=$("$VPY" -c "import mmcv, mmcv.ops; assert mmcv.__version__ == '$MMCV_VERSION'" >/dev/null 2>&1 && echo 1 || true)
+MMCV_PLAN=$("$PY" "$GPU_ENV" plan-mmcv --torch-tag "$TORCH_TAG" --torch-cuda "$TORCH_CUDA" \
+  --targets "$CFM_TARGETS" --record "$MMCV_RECORD" ${MMCV_OK:+--installed-ok}) || exit 2
+eval "$MMCV_PLAN"
+log "$MMCV_LINE"
+if [ "$MMCV_REBUILD" = 1 ]; then
+  WHEEL_DIR="$CACHE/wheels/$MMCV_KEY"
   mkdir -p "$WHEEL_DIR"
-  build_mmcv "$MMCV_DIST" "$MMCV_VERSION"
+  (
+    if [ -z "$MMCV_ARCH_LIST" ]; then
+      export CUDA_VISIBLE_DEVICES=  # a CPU build even where torch sees a GPU
+    elif ! ls "$WHEEL_DIR/${MMCV_DIST//-/_}-$MMCV_VERSION"-*.whl >/dev/null 2>&1; then
+      if [ "$TOOLKIT_SOURCE" = pypi ]; then
+        log "installing NVIDIA's CUDA toolkit packages: $TOOLKIT_REQ"
+        # shellcheck disable=SC2086  (one requirement a word)
+        if ! pip_install -q $TOOLKIT_REQ; then
+          echo "[setup] NVIDIA's toolkit packages for torch's CUDA $TORCH_CUDA ($TOOLKIT_REQ) are not on PyPI: install a CUDA $TORCH_CUDA toolkit, put its nvcc on PATH (or set CUDA_HOME) and rerun with CFM_TOOLKIT=system" >&2
+          exit 2
+        fi
+        # shellcheck disable=SC2086
+        TOOLKIT_HOME=$("$VPY" "$GPU_ENV" cuda-home "$VENV/cuda" $TOOLKIT_REQ) || exit 2
+      fi
+      export CUDA_HOME=$TOOLKIT_HOME PATH="$TOOLKIT_HOME/bin:$PATH" FORCE_CUDA=1 \
+        TORCH_CUDA_ARCH_LIST=$MMCV_ARCH_LIST
+      log "CUDA_HOME=$CUDA_HOME TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST"
+    fi
+    build_mmcv "$MMCV_DIST" "$MMCV_VERSION"
+  )
+  # Installed only once the wheel is built: a failed build leaves the environment as it was.
   log "installing $MMCV_DIST from $WHEEL_DIR"
-  pip_install -q --no-deps "$WHEEL_DIR/${MMCV_DIST//-/_}-$MMCV_VERSION"-*.whl
+  pip_install -q --no-deps --force-reinstall "$WHEEL_DIR/${MMCV_DIST//-/_}-$MMCV_VERSION"-*.whl
+  echo "$MMCV_KEY" > "$MMCV_RECORD"
 fi
 
 # 4. The rest of the stack, the test tools, and the package itself (editable, with its native op).

@@ -147,8 +147,9 @@ def format_capability(cap: Capability) -> str:
     return '%d.%d' % cap
 
 
-def parse_capability(text: str) -> Capability:
-    """``'8.0'``, ``'sm_80'``, ``'80'`` or ``'8.0+PTX'`` -> ``(8, 0)``; raises GpuEnvError."""
+def parse_capability(text: str, known: bool = True) -> Capability:
+    """``'8.0'``, ``'sm_80'``, ``'80'`` or ``'8.0+PTX'`` -> ``(8, 0)``; raises GpuEnvError, also
+    for a capability no NVIDIA GPU has when ``known``."""
     item = text.strip().lower()
     if item.endswith('+ptx'):
         item = item[:-4]
@@ -157,10 +158,11 @@ def parse_capability(text: str) -> Capability:
         raise GpuEnvError(f'{ARCHS_KNOB}: {text!r} is not a compute capability; give the GPUs\' '
                           'compute capabilities, e.g. CFM_CUDA_ARCHS="7.0;8.0;9.0"')
     cap = (int(m.group(1)), int(m.group(2)))
-    if cap not in KNOWN_CAPABILITIES:
+    if known and cap not in KNOWN_CAPABILITIES:
         raise GpuEnvError(f'{ARCHS_KNOB}: compute capability {format_capability(cap)} is no '
-                          'NVIDIA GPU this setup knows; give the GPUs\' compute capabilities '
-                          '(nvidia-smi --query-gpu=name,compute_cap --format=csv on a GPU node)')
+                          f'NVIDIA GPU this setup knows; set {ARCHS_KNOB} to the GPUs\' compute '
+                          'capabilities (nvidia-smi --query-gpu=name,compute_cap --format=csv on '
+                          'a GPU node)')
     return cap
 
 
@@ -192,6 +194,16 @@ def parse_key(key: str) -> tuple:
     return m.group(1), caps
 
 
+def installed_mmcv_build(prefix: Optional[str] = None) -> Optional[tuple]:
+    """``(torch tag, capabilities)`` of the mmcv the setup installed into the environment at
+    ``prefix`` (default: the running interpreter's), from its record; None when not recorded."""
+    record = Path(prefix or sys.prefix) / MMCV_RECORD
+    try:
+        return parse_key(record.read_text())
+    except (OSError, ValueError):
+        return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Reading the machine
 
@@ -206,7 +218,7 @@ def query_gpus(nvidia_smi: Optional[str] = None) -> list:
     Raises GpuEnvError when ``nvidia-smi`` is there but fails (e.g. the driver is not loaded).
     """
     exe = nvidia_smi or shutil.which('nvidia-smi')
-    if exe is None:
+    if exe is None or not os.access(exe, os.X_OK):
         return []
     fields = 'index,name,compute_cap,driver_version,memory.total'
     out = _run([exe, f'--query-gpu={fields}', '--format=csv,noheader,nounits'])
@@ -229,7 +241,7 @@ def query_gpus(nvidia_smi: Optional[str] = None) -> list:
             continue
         if with_cap:
             index, name, cap, driver, memory = cells
-            capability = parse_capability(cap) if cap not in ('', '[N/A]') else None
+            capability = parse_capability(cap, known=False) if cap not in ('', '[N/A]') else None
         else:
             index, name, driver, memory = cells
             capability = None
@@ -315,9 +327,13 @@ def gpu_targets(gpus: Sequence[GPU], knob: Optional[str]) -> list:
     archs = parse_archs(knob)
     if archs is not None:
         return archs
-    unknown = [g for g in gpus if g.capability is None]
-    if unknown and all(g.capability is None for g in gpus):
-        return []  # only a too-old driver hides them; choose_torch says so
+    for gpu in gpus:
+        if gpu.capability is not None and gpu.capability not in KNOWN_CAPABILITIES:
+            raise GpuEnvError(f'GPU {gpu.index} ({gpu.name}) has compute capability '
+                              f'{format_capability(gpu.capability)}, which this setup does not '
+                              f'know: set {ARCHS_KNOB} to the archs to build for, or install a '
+                              'torch that supports it and set CFM_TORCH')
+    # A driver too old to report compute capabilities leaves none here; choose_torch says so.
     return sorted({g.capability for g in gpus if g.capability is not None})
 
 
@@ -390,18 +406,15 @@ def choose_torch(targets: Sequence[Capability], gpus: Sequence[GPU] = (),
             why += ' (' + '; '.join(refused) + ')'
         return TorchChoice(build.requirements, build.index_url, build.cuda,
                            f'torch build: CUDA {build.cuda} from {where}: {why}')
-    if any(not any(served_by(c, b.capabilities) for b in TORCH_BUILDS) for c in targets):
-        cap = next(c for c in targets
-                   if not any(served_by(c, b.capabilities) for b in TORCH_BUILDS))
-        raise GpuEnvError(f'compute capability {format_capability(cap)}{_names(gpus, cap)} is '
-                          f'served by no torch {TORCH_VERSION} build (CUDA 12.6: 5.0-9.0, CUDA '
-                          '13.0: 7.5-12.0): set CFM_TORCH to a torch that supports it, or '
-                          'CFM_CUDA_ARCHS to the GPUs you will use')
-    if driver and all(parse_version(driver) < min_driver_for_cuda(b.cuda) for b in TORCH_BUILDS
-                      if all(served_by(c, b.capabilities) for c in targets)):
-        served = [b for b in TORCH_BUILDS if all(served_by(c, b.capabilities) for c in targets)]
-        if served:
-            raise GpuEnvError(_old_driver(driver, served[-1].cuda))
+    for cap in targets:
+        if not any(served_by(cap, b.capabilities) for b in TORCH_BUILDS):
+            raise GpuEnvError(f'compute capability {format_capability(cap)}{_names(gpus, cap)} '
+                              f'is served by no torch {TORCH_VERSION} build (CUDA 12.6: 5.0-9.0, '
+                              'CUDA 13.0: 7.5-12.0): set CFM_TORCH to a torch that supports it, '
+                              'or CFM_CUDA_ARCHS to the GPUs you will use')
+    serving = [b for b in TORCH_BUILDS if all(served_by(c, b.capabilities) for c in targets)]
+    if serving:  # each was refused for the driver: name the most lenient
+        raise GpuEnvError(_old_driver(driver, min(serving, key=lambda b: parse_version(b.cuda)).cuda))
     raise GpuEnvError(f'no single torch {TORCH_VERSION} build serves compute capabilities '
                       f'{_target_text(targets)} ({"; ".join(refused)}): set CFM_CUDA_ARCHS to '
                       'the GPUs of the nodes you will train on')
@@ -583,6 +596,7 @@ def _assign(**values: object) -> str:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog='gpu_env.py', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='command', required=True)
+    sub.add_parser('targets', help='the GPU targets (CFM_CUDA_ARCHS, else nvidia-smi)')
     p = sub.add_parser('plan-torch', help='targets and torch build, as shell assignments')
     p.add_argument('--installed', nargs=2, metavar=('VERSION', 'CUDA'),
                    help="the environment's torch and its CUDA ('none' for a CPU build)")
@@ -600,7 +614,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     p = sub.add_parser('gpus', help='list the NVIDIA GPUs')
     args = parser.parse_args(argv)
     try:
-        if args.command == 'plan-torch':
+        if args.command == 'targets':
+            targets = gpu_targets(query_gpus(), os.environ.get(ARCHS_KNOB))
+            sys.stdout.write(_assign(CFM_TARGETS=';'.join(map(format_capability, targets))))
+        elif args.command == 'plan-torch':
             gpus = query_gpus()
             targets = gpu_targets(gpus, os.environ.get(ARCHS_KNOB))
             installed = None
