@@ -68,20 +68,24 @@ def triton_aot(cc: Tuple[int, int], dtypes: Sequence[str]) -> str:
     count = 0
     for name in dtypes:
         try:
-            count += len(compile_ahead(cc, getattr(torch, name)))
+            count += len(compile_ahead(10 * cc[0] + cc[1], getattr(torch, name)))
         except Exception as exc:  # a compile error: the op falls back, say why
             return f'FAILED for {name}: {type(exc).__name__}: {str(exc).splitlines()[0][:120]}'
     return f'ok ({count} kernels, {"/".join(dtypes)})'
 
 
-def msda_path(device: str) -> str:
+def msda_path(device: str, notes: List[str]) -> str:
+    """The MSDA implementation a device takes for float32 values; when it is not the device's
+    own kernel (``cpu``, ``triton``), the reason goes into ``notes``."""
     import torch
     try:
         from crossformer_mm.ops import msda_backend
     except ImportError as exc:
         return f'unknown ({exc})'
     path, reason = msda_backend(torch.device(device), torch.float32)
-    return f'{path} ({reason})' if reason else path
+    if path not in ('cpu', 'triton'):
+        notes.append(f'MSDA on {device}: {reason}')
+    return path
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -103,7 +107,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         import crossformer_mm
         from crossformer_mm.utils import gpu_check
-        from crossformer_mm.utils.gpu_env import GpuEnvError, parse_archs
+        from crossformer_mm.utils.gpu_env import GpuEnvError, installed_mmcv_build, parse_archs
     except Exception as exc:
         print(f'crossformer_mm does not import ({type(exc).__name__}: {exc}); '
               'fix: run `bash tools/setup_env.sh`')
@@ -142,6 +146,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     + f' (read from the cubins in {mm_where})')
     else:
         mmcv_ops = f'CPU ops only (no CUDA kernels in {mm_where})'
+    record = installed_mmcv_build()
+    if record is not None:  # what tools/setup_env.sh recorded when it built mmcv
+        archs = ' '.join(f'sm_{c[0]}{c[1]}' for c in record[1]) or 'CPU ops only'
+        mmcv_ops += f'; setup record: torch {record[0]}, {archs}'
     for name in ('mmengine', 'mmcv', *TOOLBOXES):
         extra = f'; {mmcv_ops}' if name == 'mmcv' and versions[name][0] else ''
         say(f'{name:<15} {versions[name][1]}{extra}')
@@ -159,6 +167,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     torch_problems = [] if args.cpu_only else gpu_check.torch_gpu_problems(gpus)
     rows = []
     mmcv_missing = {}  # sm_XY: devices mmcv's CUDA ops do not serve
+    notes: List[str] = []  # why a device does not take its own MSDA kernel
     for label, gpu, cc in [(f'GPU {g.index}', g, g.capability) for g in gpus] + targets:
         if cc is None:  # a driver too old to report it: torch_gpu_problems says so
             rows.append((label, gpu.name, '?', f'{gpu.memory_mib / 1024:.0f} GiB', '?', '?', '-',
@@ -169,7 +178,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         mmcv_ok = mm_cubins is not None and gpu_check.arch_served(cc, mm_cubins, mm_ptx)
         aot = 'skipped' if args.no_triton else triton_aot(cc, args.dtypes)
         if gpu is not None and torch.cuda.is_available() and gpu.index < usable:
-            path = msda_path(f'cuda:{gpu.index}')
+            path = msda_path(f'cuda:{gpu.index}', notes)
         elif gpu is not None:
             path = 'none: torch cannot use this GPU'
         else:
@@ -194,9 +203,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             f'`CFM_CUDA_ARCHS="{archs}" bash tools/setup_env.sh` where none is visible: it '
             f'rebuilds mmcv for them')
     rows.append(('cpu', platform.processor() or platform.machine(), '-', '-', 'yes', '-', '-',
-                 msda_path('cpu')))
+                 msda_path('cpu', notes)))
     say('\n' + table(('device', 'name', 'arch', 'memory', 'torch', 'mmcv ops',
                       'triton (ahead of time)', 'MSDA path'), rows))
+    for note in notes:
+        say(f'  {note}')
     problems = [str(p) for p in torch_problems] + problems
     if args.gpu and not (gpus and torch.cuda.is_available()):
         problems.append('no usable NVIDIA GPU (--gpu); fix: run on a GPU node' if not gpus else
