@@ -47,7 +47,8 @@ done
 BUILD_PID=
 if [ "$MODELS" = 1 ] && ! "$PY" -c "import mmdet" >/dev/null 2>&1 && [ -d "$WHL" ]; then
   SITE=$WHL/site
-  # The wheels of distributions the interpreter lacks (its own numpy, pillow ... are kept).
+  # The wheels of distributions the interpreter lacks (its own numpy, pillow ... are kept), and
+  # setuptools < 82 in any case: mmcv's setup.py and mmengine's config loader need pkg_resources.
   mapfile -t MISSING < <("$PY" - "$WHL" <<'PY'
 import glob, os, sys
 from importlib import metadata
@@ -57,6 +58,9 @@ for wheel in sorted(glob.glob(os.path.join(sys.argv[1], '*.whl'))):
         metadata.version(name)
     except metadata.PackageNotFoundError:
         print(wheel)
+    else:
+        if name == 'setuptools':
+            print(wheel)
 PY
 )
   if [ "${#MISSING[@]}" -gt 0 ] && [ ! -f "$SITE/.installed" ]; then
