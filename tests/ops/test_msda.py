@@ -14,9 +14,10 @@ import torch
 from mmcv.ops import MultiScaleDeformableAttention
 from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 
+from crossformer_mm import _ext
 from crossformer_mm.ops import (MSDeformAttn, ms_deform_attn, ms_deform_attn_grid_sample,
                                 ms_deform_attn_pytorch)
-from crossformer_mm.ops import msda as msda_module
+from crossformer_mm.ops.msda import function as msda_function
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
@@ -208,12 +209,12 @@ def test_backward_deterministic_across_runs_and_threads():
     value, shapes, starts, loc, attn = inputs
     grad_out = torch.randn(2, 300, 128, generator=torch.Generator().manual_seed(3))
     args = (value, shapes, starts, loc, attn, grad_out)
-    first = msda_module._EXT.ms_deform_attn_backward(*args)
-    second = msda_module._EXT.ms_deform_attn_backward(*args)
+    first = _ext.ms_deform_attn_backward(*args)
+    second = _ext.ms_deform_attn_backward(*args)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        single = msda_module._EXT.ms_deform_attn_backward(*args)
+        single = _ext.ms_deform_attn_backward(*args)
     finally:
         torch.set_num_threads(threads)
     for a, b, c in zip(first, second, single):
@@ -319,7 +320,7 @@ def test_native_kernel_rejects_out_of_bounds_levels():
     """The C++ kernel checks the level layout itself too (no out-of-bounds reads)."""
     value, shapes, starts, loc, attn = make_inputs()
     with pytest.raises(RuntimeError, match='lies outside value'):
-        msda_module._EXT.ms_deform_attn_forward(value, shapes * 2, starts, loc, attn)
+        _ext.ms_deform_attn_forward(value, shapes * 2, starts, loc, attn)
     # The registered op checks the layout before any kernel runs (in compiled graphs too).
     with pytest.raises(ValueError, match='level_start_index must be'):
         torch.ops.crossformer_mm.ms_deform_attn(value, shapes * 2, starts, loc, attn, False)
@@ -327,8 +328,8 @@ def test_native_kernel_rejects_out_of_bounds_levels():
 
 def test_fallback_to_reference_warns_once(monkeypatch):
     inputs = make_inputs()
-    monkeypatch.setattr(msda_module, '_EXT', None)
-    monkeypatch.setattr(msda_module, '_WARNED', set())
+    monkeypatch.setattr(msda_function, '_EXT', None)
+    monkeypatch.setattr(msda_function, '_WARNED', set())
     with pytest.warns(RuntimeWarning, match='not built'):
         out = ms_deform_attn(*inputs)
     with warnings.catch_warnings():

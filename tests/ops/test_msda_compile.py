@@ -8,8 +8,8 @@ Inductor, the default backend."""
 import pytest
 import torch
 
-from crossformer_mm.ops import MSDeformAttn, ms_deform_attn
-from crossformer_mm.ops import msda as msda_module
+from crossformer_mm.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
+from crossformer_mm.ops.msda import function as msda_function
 
 from test_msda import _module_inputs, _randomise, make_inputs, max_diff  # noqa: E402
 
@@ -52,8 +52,8 @@ def test_compiled_op_dynamic_query_count():
 def test_compile_without_kernel_needs_static_shapes(monkeypatch):
     """The PyTorch fallback reads the level sizes: under compile, tensor shapes are refused with
     an error naming the fix; a static tuple works."""
-    monkeypatch.setattr(msda_module, '_EXT', None)
-    monkeypatch.setattr(msda_module, '_WARNED', {'cpu'})
+    monkeypatch.setattr(msda_function, '_EXT', None)
+    monkeypatch.setattr(msda_function, '_WARNED', {'cpu'})
     value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
     compiled = torch.compile(ms_deform_attn, fullgraph=True, backend='aot_eager')
     with pytest.raises(Exception, match=r'spatial_shapes as a tuple of \(H, W\) ints'):
@@ -61,7 +61,7 @@ def test_compile_without_kernel_needs_static_shapes(monkeypatch):
     torch._dynamo.reset()
     static = [tuple(hw) for hw in shapes.tolist()]
     out = compiled(value, static, None, loc, attn)
-    assert max_diff(out, msda_module.ms_deform_attn_pytorch(value, shapes, starts, loc,
+    assert max_diff(out, ms_deform_attn_pytorch(value, shapes, starts, loc,
                                                             attn)) <= 1e-6
 
 

@@ -30,8 +30,8 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 from crossformer_mm.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
-from crossformer_mm.ops import msda as msda_module
 from crossformer_mm.ops.msda import check_ms_deform_attn_inputs
+from crossformer_mm.ops.msda.reference import _check_gpu_index_range
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -579,7 +579,7 @@ def test_gpu_kernel_index_range_is_refused_beyond_int32() -> None:
     """The Triton kernel computes batch*keys and batch*queries*heads offsets in 32 bits and
     launches batch*heads programs on a grid axis limited to 65535: larger CUDA calls are refused
     up front with a clear error (checked on the shapes alone, no GPU needed)."""
-    check = msda_module._check_gpu_index_range
+    check = _check_gpu_index_range
     check(bs=2, num_keys=2**30 - 1, num_heads=8, num_queries=2**26 - 1)  # fits
     with pytest.raises(ValueError, match='value'):
         check(bs=2, num_keys=2**30, num_heads=8, num_queries=10)
@@ -651,14 +651,14 @@ def test_native_kernel_check_does_not_wrap_level_sizes() -> None:
     not the test session."""
     code = textwrap.dedent('''
         import torch
-        from crossformer_mm.ops import msda
+        from crossformer_mm import _ext
         value = torch.zeros(1, 4, 1, 1)
         loc = torch.full((1, 1, 1, 1, 1, 2), 0.5)
         attn = torch.ones(1, 1, 1, 1, 1)
         for shapes in ([[2**32, 2**32]], [[2**62, 4]], [[3, 2**62]]):
             try:
-                msda._EXT.ms_deform_attn_forward(value, torch.tensor(shapes), torch.zeros(1,
-                                                 dtype=torch.int64), loc, attn)
+                _ext.ms_deform_attn_forward(value, torch.tensor(shapes),
+                                            torch.zeros(1, dtype=torch.int64), loc, attn)
             except RuntimeError as err:
                 assert 'lies outside value' in str(err), err
             else:

@@ -1,6 +1,6 @@
 """The ops need torch alone: in a fresh interpreter where the OpenMMLab packages cannot be
 imported, ``crossformer_mm.ops`` imports, runs (forward, backward, the module, the registered
-ops) and pulls in none of them."""
+ops) and pulls in none of them, nor the package's models."""
 import os
 import subprocess
 import sys
@@ -17,7 +17,7 @@ SCRIPT = textwrap.dedent('''
 
     import torch
     import crossformer_mm.ops as ops
-    from crossformer_mm.ops import MSDeformAttn, group_attention, ms_deform_attn
+    from crossformer_mm.ops import MSDeformAttn, ms_deform_attn
 
     shapes = torch.tensor([[4, 3], [2, 2]])
     starts = torch.tensor([0, 12])
@@ -35,9 +35,14 @@ SCRIPT = textwrap.dedent('''
                reference_points=torch.rand(1, 5, 2, 2), spatial_shapes=shapes,
                level_start_index=starts)
     assert y.shape == (1, 5, 8)
-    qkv = torch.randn(2, 4, 3, 1, 8)
-    assert group_attention(qkv).shape == (2, 4, 1, 8)
     assert hasattr(torch.ops.crossformer_mm, 'ms_deform_attn')
+    try:  # moved to the models; the ops answer with where it lives now, importing nothing
+        ops.replace_mmcv_msda
+    except AttributeError as err:
+        assert 'crossformer_mm.models.replace_mmcv_msda' in str(err), err
+    else:
+        raise AssertionError('crossformer_mm.ops.replace_mmcv_msda still resolves')
+    assert not [m for m in sys.modules if m.startswith('crossformer_mm.models')]
     import crossformer_mm  # the top-level package imports too (ops only)
     loaded = sorted(m for m in sys.modules
                     if m.split('.')[0] in BLOCKED and sys.modules[m] is not None)

@@ -2,7 +2,6 @@
 // the GIL while they run.
 #include <torch/extension.h>
 
-#include "group_attn/group_attn_cpu.h"
 #include "msda/msda_cpu.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -16,10 +15,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "grad_attention_weights",
         py::arg("value"), py::arg("spatial_shapes"), py::arg("level_start_index"),
         py::arg("sampling_locations"), py::arg("attention_weights"), py::arg("grad_output"),
-        py::call_guard<py::gil_scoped_release>());
-  m.def("group_attention_forward", &crossformer_mm::group_attention_forward_cpu,
-        "Softmax attention within token groups, inference (CPU, float32): (G, N, H, D) from "
-        "qkv (G, N, 3, H, D), optional bias (nb, H, N, N) and mask (nm, H|1, N|1, N)",
-        py::arg("qkv"), py::arg("bias"), py::arg("mask"), py::arg("scale"),
         py::call_guard<py::gil_scoped_release>());
 }
