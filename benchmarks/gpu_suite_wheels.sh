@@ -31,7 +31,7 @@ PACKAGES=(
   python-dateutil six pillow packaging numpy
   pycocotools scipy shapely terminaltables tqdm
   prettytable wcwidth ftfy regex
-  einops importlib-metadata zipp mat4py modelindex ordered-set click markdown
+  einops importlib-metadata zipp mat4py model-index ordered-set click markdown
   setuptools wheel ninja
 )
 mapfile -t REQUIREMENTS < <("$PYTHON" - "$ROOT/requirements/mminstall.txt" \
