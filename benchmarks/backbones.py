@@ -69,6 +69,20 @@ PAIRS = {
 }
 
 
+def load_upstream_weights(model, sd, family: str):
+    """Load the upstream state dict with the loader of the checkout being measured:
+    ``model.load_pretrained`` (which takes a dict, ``strict`` and ``logger`` in current code),
+    or in older checkouts their ``load_<family>_checkpoint``."""
+    import importlib
+    import inspect
+    if 'strict' in inspect.signature(model.load_pretrained).parameters:
+        model.load_pretrained(sd, strict=True, logger='silent')
+    else:
+        module = importlib.import_module(type(model).__module__)
+        getattr(module, f'load_{family}_checkpoint')(model, sd, strict=True, logger='silent')
+    return model
+
+
 def build(name: str, weights: Optional[str]):
     """A backbone by benchmark name; Swin/ViT models load the shared upstream weights."""
     import torch
@@ -94,15 +108,13 @@ def build(name: str, weights: Optional[str]):
         from mmseg.models.backbones import VisionTransformer
         model = VisionTransformer(**VIT_B)
     elif name == 'swin-ours':
-        from crossformer_mm.models.backbones.swin import CFSwinTransformer, load_swin_checkpoint
+        from crossformer_mm.models.backbones.swin import CFSwinTransformer
         model = CFSwinTransformer('tiny', drop_path_rate=0.0)
-        load_swin_checkpoint(model, sd, strict=True, logger='silent')
-        return model
+        return load_upstream_weights(model, sd, 'swin')
     elif name == 'vit-ours':
-        from crossformer_mm.models.backbones.vit import CFVisionTransformer, load_vit_checkpoint
+        from crossformer_mm.models.backbones.vit import CFVisionTransformer
         model = CFVisionTransformer('base', img_size=224, out_indices=(3, 5, 7, 11))
-        load_vit_checkpoint(model, sd, strict=True, logger='silent')
-        return model
+        return load_upstream_weights(model, sd, 'vit')
     else:
         raise ValueError(f'unknown model {name!r}')
     if sd is not None:

@@ -1,7 +1,9 @@
 """Compatibility layer: patches the installed mmengine only where it has a problem we can detect.
 
 Importing ``crossformer_mm`` runs :func:`apply_all`, which probes the installed mmengine / torch
-pair by behaviour (not by name or version) and applies only the patches whose problem it finds:
+pair by behaviour (not by name or version) and applies only the patches whose problem it finds.
+The probes hand mmengine's loaders in-memory files, so importing writes nothing to disk (see
+:mod:`.checkpoint`):
 
 ``checkpoint_files``
     mmengine's local checkpoint loader either refuses the Runner's own checkpoints (mmengine

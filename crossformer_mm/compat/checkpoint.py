@@ -33,7 +33,7 @@ import socket
 import tempfile
 import uuid
 import zipfile
-from typing import Any, Callable, Iterator, List, Optional, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlparse
 from urllib.request import Request, urlopen
@@ -220,16 +220,25 @@ def signature_problem(path: str) -> Optional[str]:
     return None
 
 
-def local_refusal_hint(path: str, problem: Optional[str]) -> str:
+def converter_command(converter: Optional[str] = None) -> str:
+    """The command that turns a trusted pickle into plain weights: the family's converter
+    (``converter='swin_to_mm'``), or the converters in general."""
+    return f'tools/model_converters/{converter or "*_to_mm"}.py SRC DST --unsafe-pickle'
+
+
+def local_refusal_hint(path: str, problem: Optional[str], converter: Optional[str] = None) -> str:
     why = f' It is not a verified training checkpoint: {problem}.' if problem else ''
     return (f'{why} To resume from a training checkpoint, use it inside the work dir that wrote it;'
             f' if you trust a file from elsewhere, sign it with `python '
             f'tools/misc/trust_checkpoint.py {path}`, or convert it to plain weights with '
-            f'tools/model_converters/*_to_mm.py SRC DST --unsafe-pickle.').strip()
+            f'{converter_command(converter)}.').strip()
 
 
-def load_local_checkpoint(filename: str, map_location: MapLocation = None) -> Any:
+def load_local_checkpoint(filename: str, map_location: MapLocation = None, *,
+                          converter: Optional[str] = None) -> Any:
     """Load a local checkpoint: in full if its signature verifies, otherwise weights-only.
+
+    ``converter`` (e.g. ``'swin_to_mm'``) names the converter tool the refusal message suggests.
 
     Raises:
         FileNotFoundError: ``filename`` does not exist.
@@ -245,7 +254,7 @@ def load_local_checkpoint(filename: str, map_location: MapLocation = None) -> An
         if problem is None:
             return torch.load(filename, map_location=map_location, weights_only=False)
     return load_weights_file(filename, map_location,
-                             refused_hint=local_refusal_hint(filename, problem))
+                             refused_hint=local_refusal_hint(filename, problem, converter))
 
 
 class _HashingWriter(io.RawIOBase):
@@ -359,12 +368,13 @@ def hub_checkpoint_dir() -> str:
     return osp.join(torch.hub.get_dir(), 'checkpoints')
 
 
-URL_REFUSED_HINT = ('Only plain weight files are loaded from URLs. If you trust its source, '
-                    'download it yourself and convert it with tools/model_converters/*_to_mm.py '
-                    'SRC DST --unsafe-pickle, then use DST.')
+def url_refusal_hint(converter: Optional[str] = None) -> str:
+    return ('Only plain weight files are loaded from URLs. If you trust its source, download it '
+            f'yourself and convert it with {converter_command(converter)}, then use DST.')
 
 
-def download_to_cache(url: str, model_dir: Optional[str] = None, progress: bool = False) -> str:
+def download_to_cache(url: str, model_dir: Optional[str] = None, progress: bool = False, *,
+                      converter: Optional[str] = None) -> str:
     """Download ``url`` into the hub cache (once) and return the cached path.
 
     The file is written as ``NAME.<random>.partial`` and renamed to ``NAME`` only when complete
@@ -410,7 +420,7 @@ def download_to_cache(url: str, model_dir: Optional[str] = None, progress: bool 
             raise CheckpointLoadError(f'download of {url} is incomplete: {size} of {expected} '
                                       'bytes arrived; expected the whole file (nothing was cached, '
                                       'try again)')
-        load_weights_file(tmp, 'cpu', source=url, refused_hint=URL_REFUSED_HINT)
+        load_weights_file(tmp, 'cpu', source=url, refused_hint=url_refusal_hint(converter))
         os.replace(tmp, cached)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -419,27 +429,31 @@ def download_to_cache(url: str, model_dir: Optional[str] = None, progress: bool 
 
 
 def load_url_weights(filename: str, map_location: MapLocation = None,
-                     model_dir: Optional[str] = None, progress: bool = False) -> Any:
+                     model_dir: Optional[str] = None, progress: bool = False, *,
+                     converter: Optional[str] = None) -> Any:
     """Load an ``http(s)://`` checkpoint weights-only, downloading it into the hub cache once.
 
     Same signature as mmengine's ``load_from_http``, which it replaces when that one unpickles
-    downloads in full.
+    downloads in full; ``converter`` names the converter tool the refusal message suggests.
     """
-    cached = download_to_cache(filename, model_dir=model_dir, progress=progress)
+    cached = download_to_cache(filename, model_dir=model_dir, progress=progress,
+                               converter=converter)
     return load_weights_file(cached, map_location, source=f'{filename} (cached as {cached})',
-                             refused_hint=URL_REFUSED_HINT)
+                             refused_hint=url_refusal_hint(converter))
 
 
 def is_url(path: Any) -> bool:
     return isinstance(path, str) and path.startswith(('http://', 'https://'))
 
 
-def load_weights(path: str, map_location: MapLocation = 'cpu') -> Any:
+def load_weights(path: str, map_location: MapLocation = 'cpu',
+                 converter: Optional[str] = None) -> Any:
     """A checkpoint for a backbone: a URL (weights-only, cached) or a local file (see
-    :func:`load_local_checkpoint`)."""
+    :func:`load_local_checkpoint`). ``converter`` (e.g. ``'crossformer_to_mm'``) is the
+    converter tool a refusal suggests for a trusted pickle."""
     if is_url(path):
-        return load_url_weights(path, map_location)
-    return load_local_checkpoint(path, map_location)
+        return load_url_weights(path, map_location, converter=converter)
+    return load_local_checkpoint(path, map_location, converter=converter)
 
 
 # --------------------------------------------------------------------------------------------
@@ -447,6 +461,34 @@ def load_weights(path: str, map_location: MapLocation = 'cpu') -> Any:
 # --------------------------------------------------------------------------------------------
 class UnsafeProbe:
     """An object weights-only loading refuses; probes check whether a loader unpickles it."""
+
+
+@contextlib.contextmanager
+def _probe_files(**objects: Any) -> Iterator[Tuple[str, Dict[str, str]]]:
+    """``torch.save`` each object into a file the loaders under probe can open by path; yield the
+    folder and ``{name: path}``. The files are gone on exit.
+
+    On Linux they are anonymous in-memory files (``os.memfd_create``, opened through
+    ``/proc/self/fd``), so probing writes nothing to disk; where the platform has no such files
+    they are written to a temporary folder, removed on exit.
+    """
+    if hasattr(os, 'memfd_create') and osp.isdir('/proc/self/fd'):
+        fds: Dict[str, int] = {}
+        try:
+            for name, obj in objects.items():
+                fds[name] = os.memfd_create(f'crossformer_mm_probe_{name}')
+                with open(fds[name], 'wb', closefd=False) as f:
+                    torch.save(obj, f)
+            yield '/proc/self/fd', {name: f'/proc/self/fd/{fd}' for name, fd in fds.items()}
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = {name: osp.join(tmp, f'{name}.pth') for name in objects}
+        for name, obj in objects.items():
+            torch.save(obj, paths[name])
+        yield tmp, paths
 
 
 @contextlib.contextmanager
@@ -467,10 +509,9 @@ def local_loader_problem(load: Optional[Callable] = None) -> Optional[str]:
     from mmengine.logging import HistoryBuffer
     if load is None:
         from mmengine.runner.checkpoint import load_from_local as load
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
-        own, foreign = osp.join(tmp, 'own.pth'), osp.join(tmp, 'foreign.pth')
-        torch.save({'message_hub': {'loss': HistoryBuffer()}}, own)
-        torch.save({'state_dict': {}, 'meta': UnsafeProbe()}, foreign)
+    with _probe_files(own={'message_hub': {'loss': HistoryBuffer()}},
+                      foreign={'state_dict': {}, 'meta': UnsafeProbe()}) as (_, paths), _quiet():
+        own, foreign = paths['own'], paths['foreign']
         try:
             load(own, 'cpu')
         except Exception as err:
@@ -491,11 +532,11 @@ def http_loader_problem(load: Optional[Callable] = None) -> Optional[str]:
     (``torch.hub.load_state_dict_from_url`` defaults to ``weights_only=False``)."""
     if load is None:
         from mmengine.runner.checkpoint import load_from_http as load
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
-        src = osp.join(tmp, 'probe.pth')
-        torch.save({'meta': UnsafeProbe()}, src)
+    # The file is its own cache entry (the URL's file name in ``model_dir``), so the loader finds
+    # it cached and loads it as it would a finished download, without copying it.
+    with _probe_files(probe={'meta': UnsafeProbe()}) as (folder, paths), _quiet():
         try:
-            got = load(f'file://{src}', map_location='cpu', model_dir=osp.join(tmp, 'cache'),
+            got = load(f'file://{paths["probe"]}', map_location='cpu', model_dir=folder,
                        progress=False)
         except (pickle.UnpicklingError, CheckpointLoadError):
             return None

@@ -4,16 +4,18 @@
 
 * :class:`~crossformer_mm.ops.MSDeformAttn` is registered in the mmdet, mmseg and mmpretrain model
   registries under its own name (mmcv owns ``MultiScaleDeformableAttention``);
-* :func:`replace_mmcv_msda` puts every mmcv ``MultiScaleDeformableAttention`` of a built model on
-  the package's kernels, in place;
+* :func:`replace_mmcv_msda` (also ``crossformer_mm.models.replace_mmcv_msda``) puts every mmcv
+  ``MultiScaleDeformableAttention`` of a built model on the package's kernels, in place;
 * :class:`MSDAKernelHook` does the same from a config, for any mmdet / mmseg model (DINO,
   Mask2Former, Co-DETR, mmdet's own Deformable DETR...)::
 
       custom_hooks = [dict(type='MSDAKernelHook')]
 
-The switch changes the class of each module to :class:`MMCVMSDeformAttnOnKernels`, a subclass of
-mmcv's class whose ``forward`` is
-:meth:`MSDeformAttn.forward <crossformer_mm.ops.MSDeformAttn.forward>`:
+This is the package's one way of putting mmcv's deformable attention on its kernels; the
+package's own Deformable DETR does the same switch at build time
+(:func:`crossformer_mm.models.detectors.detr_layers.swap_attention`). The switch changes the class
+of each module to :class:`MMCVMSDeformAttnOnKernels`, a subclass of mmcv's class whose
+``forward`` is :meth:`MSDeformAttn.forward <crossformer_mm.ops.MSDeformAttn.forward>`:
 parameters (the same objects, so an optimizer or DDP wrapper built before keeps working),
 buffers, hooks, state-dict keys, ``init_weights`` and ``isinstance`` checks are all unchanged;
 only the attention is computed by the package's op (C++ on the CPU, Triton on CUDA) instead of
@@ -39,7 +41,9 @@ class MMCVMSDeformAttnOnKernels(MultiScaleDeformableAttention):
     """mmcv's ``MultiScaleDeformableAttention`` computed with :func:`crossformer_mm.ops.
     ms_deform_attn` (the same forward as :class:`~crossformer_mm.ops.MSDeformAttn`).
 
-    Never built directly: :func:`replace_mmcv_msda` switches existing mmcv modules to it.
+    Never built directly: :func:`replace_mmcv_msda` (and the detectors'
+    :func:`~crossformer_mm.models.detectors.detr_layers.swap_attention`) switch existing mmcv
+    modules to it.
     ``deterministic`` (class default None: follow ``torch.use_deterministic_algorithms``) is
     passed to the op.
     """

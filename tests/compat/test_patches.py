@@ -1,6 +1,8 @@
 """The compatibility layer patches only what the installed stack gets wrong: the probes detect each
 problem by behaviour, the active patches route mmengine through the package, and on a stack
 without the problems nothing is patched."""
+import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -176,3 +178,41 @@ def test_config_packages_maps_a_scope_to_the_distribution_that_provides_it(monke
     assert compat._config_package_fixes() == {'mmseg': 'onedl-mmsegmentation'}
     monkeypatch.setattr(metadata, 'distribution', lambda name: real_distribution('torch'))
     assert compat._config_package_fixes() == {}
+
+
+def test_import_writes_no_file(tmp_path):
+    """A fresh interpreter whose working directory, temporary folder and home are empty folders:
+    importing the package (probes included) leaves all three empty, and the probes find what they
+    find here."""
+    folders = {name: tmp_path / name for name in ('cwd', 'tmp', 'home')}
+    for folder in folders.values():
+        folder.mkdir()
+    code = ('import json, crossformer_mm; '
+            'print(json.dumps(sorted(crossformer_mm.compat.active_patches())))')
+    env = {'PYTHONPATH': str(ROOT), 'PATH': '/usr/bin:/bin', 'PYTHONDONTWRITEBYTECODE': '1',
+           'TMPDIR': str(folders['tmp']), 'HOME': str(folders['home'])}
+    proc = subprocess.run([sys.executable, '-c', code], cwd=folders['cwd'], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1]) == sorted(compat.active_patches())
+    written = [str(p.relative_to(tmp_path)) for p in tmp_path.rglob('*') if p not in
+               folders.values()]
+    assert written == [], written
+
+
+def test_probes_write_no_file(tmp_path, monkeypatch):
+    """The probes hand the loaders in-memory files: a loader with each problem is found out, and
+    the temporary folder stays empty."""
+    import tempfile
+    monkeypatch.setenv('TMPDIR', str(tmp_path))
+    monkeypatch.setattr(tempfile, 'tempdir', None)  # re-read TMPDIR
+
+    def http(url, map_location=None, model_dir=None, progress=False):
+        return torch.hub.load_state_dict_from_url(url, model_dir=model_dir, progress=progress,
+                                                  map_location=map_location, weights_only=False)
+
+    assert "refuses the Runner's own" in local_loader_problem(
+        lambda f, m: torch.load(f, map_location=m))
+    assert 'unpickles downloaded' in http_loader_problem(http)
+    assert tempfile.gettempdir() == str(tmp_path)
+    assert os.listdir(tmp_path) == []

@@ -20,8 +20,8 @@ from mmengine.registry import HOOKS, DefaultScope
 from mmengine.runner import Runner
 
 import crossformer_mm  # noqa: F401
-from crossformer_mm.models.msda import (MMCVMSDeformAttnOnKernels, MSDAKernelHook,
-                                        replace_mmcv_msda)
+from crossformer_mm.models import MSDAKernelHook, replace_mmcv_msda
+from crossformer_mm.models.msda import MMCVMSDeformAttnOnKernels
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'tests' / 'configs'))
@@ -83,10 +83,15 @@ def test_replace_keeps_parameters_state_and_outputs(monkeypatch):
     assert replace_mmcv_msda(encoder) == 2  # idempotent
 
 
-def test_replace_through_the_ops_entry_point_and_deterministic_flag():
-    from crossformer_mm.ops import replace_mmcv_msda as from_ops
+def test_one_switch_for_the_hook_the_detectors_and_users():
+    """``crossformer_mm.models.replace_mmcv_msda`` is the switch; the detectors' table switches
+    mmcv's deformable attention to the same class."""
+    from crossformer_mm.models import msda
+    from crossformer_mm.models.detectors.detr_layers import ATTENTION_REPLACEMENTS
+    assert replace_mmcv_msda is msda.replace_mmcv_msda
+    assert ATTENTION_REPLACEMENTS[MultiScaleDeformableAttention] is MMCVMSDeformAttnOnKernels
     encoder, _ = _mmdet_encoder()
-    assert from_ops(encoder, deterministic=True) == 2
+    assert replace_mmcv_msda(encoder, deterministic=True) == 2
     assert all(layer.self_attn.deterministic is True for layer in encoder.layers)
 
 

@@ -104,13 +104,13 @@ def test_exported_module_matches_eager():
 def _encoder_layer():
     from mmdet.models.layers import DeformableDetrTransformerEncoderLayer
 
-    from crossformer_mm.models.layers.detr_layers import swap_attention
+    from crossformer_mm.models import replace_mmcv_msda
     torch.manual_seed(0)
     layer = DeformableDetrTransformerEncoderLayer(
         self_attn_cfg=dict(embed_dims=32, num_heads=4, num_levels=2, num_points=2,
                            dropout=0.0, batch_first=True),
         ffn_cfg=dict(embed_dims=32, feedforward_channels=64, ffn_drop=0.0))
-    assert swap_attention(layer) == 1
+    assert replace_mmcv_msda(layer) == 1
     _randomise(layer)
     inputs = _module_inputs(batch_first=True)
     kwargs = dict(query=inputs['value'], query_pos=torch.randn_like(inputs['value']),

@@ -68,7 +68,7 @@ def build_detector(config: str, checkpoint: Optional[str],
     from mmengine.registry import DefaultScope
     from mmengine.runner import load_checkpoint
 
-    from crossformer_mm.models.msda import replace_mmcv_msda
+    from crossformer_mm.models import replace_mmcv_msda
     from crossformer_mm.utils.config import load_config
     cfg = load_config(config)
     if cfg_options:

@@ -19,8 +19,9 @@ from typing import List, Mapping, Optional
 from torch import Tensor
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from crossformer_mm.models.backbones.base import run_converter_cli  # noqa: E402
+from _converter_cli import run_converter_cli  # noqa: E402
 from crossformer_mm.models.backbones.crossformer import \
     convert_crossformer_checkpoint  # noqa: E402
 

@@ -15,8 +15,9 @@ import sys
 from typing import List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from crossformer_mm.models.backbones.base import run_converter_cli  # noqa: E402
+from _converter_cli import run_converter_cli  # noqa: E402
 from crossformer_mm.models.backbones.vit import convert_vit_checkpoint  # noqa: E402
 
 

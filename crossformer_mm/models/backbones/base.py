@@ -1,35 +1,26 @@
-"""The backbone contract and the plumbing shared by every backbone (CrossFormer, Swin, ViT).
+"""The backbone contract shared by every backbone (CrossFormer, Swin, ViT).
 
-* :class:`BackboneBase` — the ``arch`` table lookup; ``out_indices`` / ``frozen_stages``
-  validation; the stage loop (:meth:`~BackboneBase.forward_stages`) with the optional output norms
-  ``norm{i}``; :meth:`~BackboneBase.output_shape`, the channels and stride of each output, which
-  detectors and necks read; frozen stages and ``norm_eval``; the SDPA / explicit attention switch;
-  one checkpoint loader (:meth:`~BackboneBase.load_pretrained`, also behind
-  ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)``);
-* checkpoint helpers — :func:`unwrap_checkpoint`, :func:`backbone_state_dict` (the one ``prefix``
-  rule of every family), :func:`read_weights_file` (weights-only unless the file is a trusted
-  training checkpoint, see :mod:`crossformer_mm.compat.checkpoint`) and
-  :func:`load_checked_state_dict`, which refuses shape or structure mismatches naming the first
-  offending key and logs every missing and unexpected key;
-* :func:`run_converter_cli` — the body of ``tools/model_converters/*_to_mm.py``.
+:class:`BackboneBase` owns the ``arch`` table lookup; ``out_indices`` / ``frozen_stages``
+validation; the stage loop (:meth:`~BackboneBase.forward_stages`) with the optional output norms
+``norm{i}``; :meth:`~BackboneBase.output_shape` (one :class:`ShapeSpec`, channels and stride, per
+output), which detectors and necks read; frozen stages and ``norm_eval``; the SDPA / explicit
+attention switch; and the entry of checkpoint loading (:meth:`~BackboneBase.load_pretrained`, also
+behind ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)``), whose path is described
+in :mod:`.loading`.
 """
-import argparse
 import logging
-import os
-import sys
 from collections import OrderedDict
 from typing import (Any, Callable, ClassVar, Dict, FrozenSet, List, Mapping, NamedTuple, Optional,
                     Sequence, Tuple, Union)
 
-import torch
 import torch.utils.checkpoint as cp
-from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...compat.checkpoint import CheckpointLoadError, load_weights
 from ..layers import Attention
+from ..utils import moved_names
+from .loading import load_backbone_checkpoint
 
 
 class ShapeSpec(NamedTuple):
@@ -64,7 +55,7 @@ class BackboneBase(BaseModule):
     arch_optional: ClassVar[FrozenSet[str]] = frozenset()
     #: ``tools/model_converters/<name>.py``, named in the error for an untrusted pickle.
     converter_tool: ClassVar[str] = ''
-    #: Key prefixes that describe the architecture (see :func:`load_checked_state_dict`).
+    #: Key prefixes that describe the architecture (see :func:`.loading.load_checked_state_dict`).
     structural_keys: ClassVar[Tuple[str, ...]] = ()
     #: Key suffixes that may be missing under :attr:`structural_keys` (initialisation kept).
     optional_keys: ClassVar[Tuple[str, ...]] = ()
@@ -241,15 +232,12 @@ class BackboneBase(BaseModule):
     def _init_extra(self) -> None:
         """Family-specific initialisation (position tables, tokens) run before the Linear init."""
 
-    def convert_checkpoint(self, checkpoint: Mapping[str, Any],
-                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
-        """A checkpoint of this family (any supported layout) → this model's key names."""
+    def convert_state_dict(self, state_dict: 'OrderedDict[str, Tensor]',
+                           logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
+        """The family's step of loading: the backbone's tensors of a checkpoint (any supported
+        layout, already selected by :func:`.loading.backbone_state_dict`) → this model's key
+        names and shapes (e.g. resized position tables, logged)."""
         raise NotImplementedError
-
-    def _adapt_checkpoint(self, state_dict: 'OrderedDict[str, Tensor]',
-                          logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
-        """Fit converted entries to this model (e.g. resize position tables); logs changes."""
-        return state_dict
 
     def load_pretrained(self, checkpoint: Union[str, Mapping[str, Any]], strict: bool = False,
                         prefix: Optional[str] = None, strict_structure: bool = True,
@@ -257,20 +245,16 @@ class BackboneBase(BaseModule):
                         ) -> Tuple[List[str], List[str]]:
         """Load a public or converted checkpoint of this family, reporting every key.
 
-        The one loading path of every backbone: read the file (:func:`read_weights_file`),
-        select the backbone's entries (:func:`backbone_state_dict`: ``prefix``, default
-        ``'backbone.'`` when the checkpoint has such keys), convert the key names
-        (:meth:`convert_checkpoint`), fit them to the model (:meth:`_adapt_checkpoint`) and load
-        them (:func:`load_checked_state_dict`). The family functions
-        ``load_crossformer_checkpoint``, ``load_swin_checkpoint`` and ``load_vit_checkpoint`` are
-        this method
-        (``load_swin_checkpoint(model, ...)`` = ``model.load_pretrained(...)``).
+        The one loading path of every backbone (:func:`.loading.load_backbone_checkpoint`): read
+        the file, select the backbone's entries (``prefix``, default ``'backbone.'`` when the
+        checkpoint has such keys), convert them to this model (:meth:`convert_state_dict`) and
+        load them (:func:`.loading.load_checked_state_dict`).
 
         Args:
-            checkpoint: Path, checkpoint dict or state dict.
+            checkpoint: Path, URL, checkpoint dict or state dict.
             strict: Raise if any key is missing or unexpected (they are always logged).
             prefix: Keep only the keys that start with it, stripped (e.g. ``'backbone.'`` for a
-                detector checkpoint); see :func:`backbone_state_dict`.
+                detector checkpoint); see :func:`.loading.backbone_state_dict`.
             strict_structure: Refuse a checkpoint whose :attr:`structural_keys` entries differ
                 from the model's (another depth or variant); other missing or extra entries
                 (norms, heads) are only logged.
@@ -284,13 +268,8 @@ class BackboneBase(BaseModule):
                 the first structural key on one side only; a ``prefix`` no key starts with.
             KeyError: with ``strict`` and missing / unexpected keys.
         """
-        src = checkpoint if isinstance(checkpoint, str) else '<dict>'
-        ckpt = (read_weights_file(checkpoint, self.converter_tool)
-                if isinstance(checkpoint, str) else checkpoint)
-        sd = self._adapt_checkpoint(self.convert_checkpoint(ckpt, prefix=prefix), logger)
-        return load_checked_state_dict(self, sd, src, self.structural_keys, strict=strict,
-                                       strict_structure=strict_structure, logger=logger,
-                                       optional=self.optional_keys)
+        return load_backbone_checkpoint(self, checkpoint, strict=strict, prefix=prefix,
+                                        strict_structure=strict_structure, logger=logger)
 
     def init_weights(self) -> None:
         """Official init, or ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix=...)``."""
@@ -306,172 +285,9 @@ class BackboneBase(BaseModule):
         super().init_weights()
 
 
-# --------------------------------------------------------------------------------------------
-# Checkpoints
-# --------------------------------------------------------------------------------------------
-def unwrap_checkpoint(checkpoint: Mapping[str, Any]) -> Mapping[str, Any]:
-    """The state dict inside a checkpoint (``state_dict`` / ``model`` / ``module`` key or bare)."""
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a checkpoint dict, got {type(checkpoint).__name__}')
-    for key in ('state_dict', 'model', 'module'):
-        if key in checkpoint and isinstance(checkpoint[key], Mapping):
-            return checkpoint[key]
-    return checkpoint
+__all__ = ['BackboneBase', 'ShapeSpec']
 
-
-def backbone_state_dict(checkpoint: Mapping[str, Any],
-                        prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
-    """The backbone's tensors in a checkpoint: the one ``prefix`` rule of every family.
-
-    Unwraps ``state_dict`` / ``model`` / ``module`` (:func:`unwrap_checkpoint`), drops non-tensor
-    entries and a leading ``module.`` (DataParallel), then keeps the keys that start with
-    ``prefix``, with it removed. ``prefix=None`` means ``'backbone.'`` when any key starts with it
-    (a detector, segmentor or classifier checkpoint) and everything otherwise (a bare backbone).
-
-    Raises:
-        ValueError: if ``prefix`` is given and no key starts with it.
-    """
-    sd = unwrap_checkpoint(checkpoint)
-    items = [(k[len('module.'):] if k.startswith('module.') else k, v) for k, v in sd.items()
-             if isinstance(v, Tensor)]
-    if prefix is None:
-        prefix = 'backbone.' if any(k.startswith('backbone.') for k, _ in items) else ''
-    out = OrderedDict((k[len(prefix):], v) for k, v in items if k.startswith(prefix))
-    if not out:
-        raise ValueError(f'no checkpoint key starts with prefix {prefix!r} (first keys: '
-                         f'{[k for k, _ in items[:3]]})')
-    return out
-
-
-def read_weights_file(path: str, converter: str) -> Any:
-    """Read a checkpoint for a backbone loader: a local file, or an ``http(s)://`` URL downloaded
-    once into the torch hub cache (``$TORCH_HOME/hub/checkpoints``).
-
-    Weights load weights-only; a local training checkpoint whose signature verifies loads in full
-    (see :mod:`crossformer_mm.compat.checkpoint`); anything else is refused with a hint to convert
-    it with ``tools/model_converters/{converter}.py --unsafe-pickle``.
-    """
-    try:
-        return load_weights(path, map_location='cpu')
-    except CheckpointLoadError as err:
-        raise CheckpointLoadError(str(err).replace('tools/model_converters/*_to_mm.py',
-                                                   f'tools/model_converters/{converter}.py')
-                                  ) from None
-
-
-def load_checked_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor], src: str,
-                            structural: Sequence[str], strict: bool = False,
-                            strict_structure: bool = True,
-                            logger: Union[str, logging.Logger] = 'current',
-                            optional: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
-    """Load ``state_dict`` into ``model`` non-strictly, but refuse what cannot be right.
-
-    Args:
-        model: The backbone.
-        state_dict: Converted state dict (the model's key names).
-        src: Where it came from, for messages.
-        structural: Key prefixes that describe the architecture (``'layers.'``, ...): with
-            ``strict_structure``, a key under them present on one side only is an error (a
-            checkpoint of another depth); other missing/unexpected keys (norms, heads) are logged.
-        strict: Raise if any key is missing or unexpected.
-        strict_structure: See ``structural``.
-        logger: mmengine logger name or logger.
-        optional: Key suffixes of model entries that may be missing under ``structural`` (their
-            initialisation is kept), e.g. relative-position tables a plain checkpoint lacks.
-
-    Returns:
-        ``(missing_keys, unexpected_keys)``.
-
-    Raises:
-        ValueError: naming the first key whose shape differs, or the first structural key on one
-            side only.
-        KeyError: with ``strict`` and missing / unexpected keys.
-    """
-    own = model.state_dict()
-    for k, v in own.items():
-        if k in state_dict and state_dict[k].shape != v.shape:
-            raise ValueError(f'checkpoint {src}: key {k!r} has shape {tuple(state_dict[k].shape)} '
-                             f'but the model expects {tuple(v.shape)} (a checkpoint of another '
-                             f'variant or configuration?)')
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    if strict_structure:
-        prefixes = tuple(structural)
-        extra = [k for k in unexpected if k.startswith(prefixes)]
-        lacking = [k for k in missing
-                   if k.startswith(prefixes) and not k.endswith(tuple(optional))]
-        if extra or lacking:
-            first = (f'key {extra[0]!r} is in the checkpoint but not in the model' if extra else
-                     f'model key {lacking[0]!r} is not in the checkpoint')
-            raise ValueError(f'checkpoint {src} does not match the model: {first} '
-                             f'({len(extra)} such extra and {len(lacking)} such missing keys; a '
-                             f'checkpoint of another variant?)')
-    model.load_state_dict(state_dict, strict=False)
-    print_log(f'loaded {len(state_dict) - len(unexpected)} tensors from {src} into '
-              f'{type(model).__name__}', logger=logger)
-    for k in missing:
-        print_log(f'missing key in checkpoint {src}: {k}', logger=logger, level=logging.WARNING)
-    for k in unexpected:
-        print_log(f'unexpected key in checkpoint {src}: {k}', logger=logger,
-                  level=logging.WARNING)
-    if strict and (missing or unexpected):
-        raise KeyError(f'checkpoint {src}: {len(missing)} missing keys (first: '
-                       f'{missing[:1]}), {len(unexpected)} unexpected (first: {unexpected[:1]})')
-    return missing, unexpected
-
-
-def run_converter_cli(convert: Callable[[Mapping[str, Any]], Mapping[str, Tensor]], name: str,
-                      doc: str, argv: Optional[List[str]] = None,
-                      post: Optional[Callable[[argparse.Namespace, Mapping[str, Tensor]],
-                                              Mapping[str, Tensor]]] = None,
-                      add_args: Optional[Callable[[argparse.ArgumentParser], None]] = None) -> int:
-    """``SRC DST [--unsafe-pickle]``: convert a public checkpoint into a weights-only file.
-
-    Args:
-        convert: The family's converter (checkpoint dict → state dict).
-        name: The tool's name (``crossformer_to_mm``), recorded in the output's ``meta``.
-        doc: The tool's module docstring (its first line is the description).
-        argv: Arguments (default ``sys.argv[1:]``).
-        post: Optional transformation of the converted state dict given the parsed arguments.
-        add_args: Adds tool-specific options to the parser.
-
-    Returns:
-        The exit status (1 with an ``error:`` line on a bad input file).
-    """
-    parser = argparse.ArgumentParser(description=doc.strip().splitlines()[0])
-    parser.add_argument('src', help='public checkpoint (.pth)')
-    parser.add_argument('dst', help='output weights file')
-    parser.add_argument('--unsafe-pickle', action='store_true',
-                        help='load SRC with weights_only=False (training checkpoints pickle more '
-                        'than tensors); only for files you trust')
-    if add_args is not None:
-        add_args(parser)
-    args = parser.parse_args(argv)
-    if not os.path.isfile(args.src):
-        print(f'error: {args.src} does not exist', file=sys.stderr)
-        return 1
-    try:
-        ckpt = torch.load(args.src, map_location='cpu', weights_only=not args.unsafe_pickle)
-    except Exception as err:
-        hint = '' if args.unsafe_pickle else '; rerun with --unsafe-pickle if you trust the file'
-        print(f'error: cannot read {args.src} ({err.__class__.__name__}: '
-              f'{str(err).strip().splitlines()[0] if str(err).strip() else ""}){hint}',
-              file=sys.stderr)
-        return 1
-    try:
-        state_dict = convert(ckpt)
-        if post is not None:
-            state_dict = post(args, state_dict)
-    except (TypeError, ValueError, KeyError) as err:
-        print(f'error: {args.src}: {err}', file=sys.stderr)
-        return 1
-    os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
-    meta = {'source': os.path.basename(args.src), 'converter': name}
-    torch.save({'state_dict': state_dict, 'meta': meta}, args.dst)
-    n = sum(v.numel() for v in state_dict.values())
-    print(f'wrote {len(state_dict)} tensors ({n:,} values) to {args.dst}')
-    return 0
-
-
-__all__ = ['BackboneBase', 'ShapeSpec', 'backbone_state_dict', 'load_checked_state_dict',
-           'read_weights_file', 'run_converter_cli', 'unwrap_checkpoint']
+#: Checkpoint helpers that lived here before :mod:`.loading` (deprecated aliases).
+__getattr__ = moved_names(__name__, {
+    name: f'crossformer_mm.models.backbones.loading:{name}'
+    for name in ('backbone_state_dict', 'load_checked_state_dict', 'unwrap_checkpoint')})

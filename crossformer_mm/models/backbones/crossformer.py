@@ -4,7 +4,7 @@ Papers: *CrossFormer: A Versatile Vision Transformer Hinging on Cross-scale Atte
 ICLR 2022) and *CrossFormer++* (Wang et al., TPAMI 2023). Follows the official code
 (github.com/cheerss/CrossFormer, branches ``crossformer`` and ``main``) for the architecture and the
 state-dict key names, so official checkpoints load as they are (after
-:func:`convert_crossformer_checkpoint`); the code itself is written anew on the package's shared
+:func:`convert_crossformer_state_dict`); the code itself is written anew on the package's shared
 layers.
 
 Differences from the official code, all on inputs the official code rejects or handles by
@@ -19,6 +19,7 @@ accident:
 One class, :class:`CrossFormer`, serves every task; variants are rows of
 :attr:`CrossFormer.arch_zoo`.
 """
+import logging
 import math
 from collections import OrderedDict
 from typing import (Any, Callable, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple,
@@ -33,7 +34,9 @@ from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, CrossScale
                                           group_reverse, pad_to_multiple, padding_mask_groups)
 from crossformer_mm.registry import register_model
 
-from .base import BackboneBase, backbone_state_dict
+from ..utils import moved_names
+from .base import BackboneBase
+from .loading import backbone_state_dict
 
 LDA_MODES = ('crossformer', 'main')
 
@@ -395,9 +398,10 @@ class CrossFormer(BackboneBase):
         if len(value) != n:
             raise ValueError(f'{name} must have one entry per stage ({n}), got {tuple(value)}')
 
-    def convert_checkpoint(self, checkpoint: Mapping[str, Any],
-                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
-        return convert_crossformer_checkpoint(checkpoint, prefix)
+    def convert_state_dict(self, state_dict: 'OrderedDict[str, Tensor]',
+                           logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
+        """Official key names are this model's: only the dropped buffers differ."""
+        return convert_crossformer_state_dict(state_dict)
 
     # ---------------------------------------------------------------- forward
     def forward(self, x: Tensor) -> Tuple[Tensor, ...]:
@@ -416,25 +420,30 @@ class CrossFormer(BackboneBase):
 DROPPED_SUFFIXES = ('attn.biases', 'attn.relative_position_index', 'attn_mask')
 
 
+def convert_crossformer_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict[str, Tensor]':
+    """The backbone's tensors of an official CrossFormer checkpoint → state dict of
+    :class:`CrossFormer`: the key names are the official ones already; the position-index buffers
+    (``attn.biases``, ``attn.relative_position_index``) that the model rebuilds are dropped."""
+    return OrderedDict((k, v) for k, v in state_dict.items() if not k.endswith(DROPPED_SUFFIXES))
+
+
 def convert_crossformer_checkpoint(checkpoint: Mapping[str, Any],
                                    prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
-    """Official CrossFormer checkpoint (any task) → state dict of :class:`CrossFormer`.
+    """Official CrossFormer checkpoint (any task) → state dict of :class:`CrossFormer` (what
+    ``tools/model_converters/crossformer_to_mm.py`` writes).
 
-    Selects the backbone's entries with :func:`~.base.backbone_state_dict` (unwraps
+    Selects the backbone's entries with :func:`~.loading.backbone_state_dict` (unwraps
     ``state_dict`` / ``model``, strips ``module.``, keeps the ``prefix`` entries, by default the
-    ``backbone.`` ones of detector / segmentor checkpoints) and drops the position-index buffers
-    (``attn.biases``, ``attn.relative_position_index``) that the model rebuilds itself. The key
-    names are the official ones already.
+    ``backbone.`` ones of detector / segmentor checkpoints), then
+    :func:`convert_crossformer_state_dict`.
     """
-    return OrderedDict((k, v) for k, v in backbone_state_dict(checkpoint, prefix).items()
-                       if not k.endswith(DROPPED_SUFFIXES))
-
-
-#: Load a checkpoint of any supported layout into a :class:`CrossFormer`:
-#: ``load_crossformer_checkpoint(model, checkpoint, strict=False, prefix=None,
-#: strict_structure=True, logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
-load_crossformer_checkpoint = CrossFormer.load_pretrained
+    return convert_crossformer_state_dict(backbone_state_dict(checkpoint, prefix))
 
 
 __all__ = ['CrossFormer', 'CrossFormerBlock', 'CrossFormerStage', 'CrossFormerAttention',
-           'group_geometry', 'convert_crossformer_checkpoint', 'load_crossformer_checkpoint']
+           'group_geometry', 'convert_crossformer_checkpoint', 'convert_crossformer_state_dict']
+
+#: ``load_crossformer_checkpoint(model, ...)`` is ``model.load_pretrained(...)`` (deprecated).
+__getattr__ = moved_names(__name__, {
+    'load_crossformer_checkpoint':
+        'crossformer_mm.models.backbones.base:BackboneBase.load_pretrained'})

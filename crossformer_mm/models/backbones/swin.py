@@ -19,7 +19,7 @@ relative position bias and the shift mask folded into one SDPA ``attn_mask``,
 State-dict layout (the official one where possible): ``patch_embed.projs.0``, ``patch_embed.norm``,
 ``layers.i.blocks.j.{norm1, attn.qkv, attn.proj, attn.rel_pos.relative_position_bias_table, norm2,
 mlp.fc1, mlp.fc2}``, ``layers.i.downsample.{norm, reduction}``, ``norm{i}``, ``head``.
-:func:`convert_swin_checkpoint` reads official/timm and MMDetection/MMPretrain checkpoints.
+:func:`convert_swin_state_dict` reads official/timm and MMDetection/MMPretrain checkpoints.
 
 Differences from the official classification model: the official code stops shifting (and shrinks
 the window) when a stage's map is not larger than the window (the 7×7 last stage at 224²); like
@@ -41,7 +41,9 @@ from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, DropPath, 
                                           shifted_window_mask, window_partition, window_reverse)
 from crossformer_mm.registry import register_model
 
-from .base import BackboneBase, backbone_state_dict
+from ..utils import moved_names
+from .base import BackboneBase
+from .loading import backbone_state_dict
 
 
 # --------------------------------------------------------------------------------------------
@@ -265,13 +267,12 @@ class CFSwinTransformer(BackboneBase):
             if isinstance(m, RelativePositionBias):
                 nn.init.trunc_normal_(m.relative_position_bias_table, std=0.02)
 
-    def convert_checkpoint(self, checkpoint: Mapping[str, Any],
-                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
-        return convert_swin_checkpoint(checkpoint, self.num_stages, prefix)
-
-    def _adapt_checkpoint(self, state_dict: 'OrderedDict[str, Tensor]',
-                          logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
-        """Relative-position tables of another window size are resized (bicubic, logged)."""
+    def convert_state_dict(self, state_dict: 'OrderedDict[str, Tensor]',
+                           logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
+        """Any supported layout → this model's key names
+        (:func:`convert_swin_state_dict`); relative-position tables of another window size are
+        resized (bicubic, logged)."""
+        state_dict = convert_swin_state_dict(state_dict, self.num_stages)
         own = self.state_dict()
         for k, v in state_dict.items():
             if k.endswith('relative_position_bias_table') and k in own and \
@@ -302,22 +303,14 @@ def unfold_to_official_order(v: Tensor) -> Tensor:
     order) into the official concatenation order (``(dw·2 + dh)·C + c``).
 
     Works on the ``reduction.weight`` ``(out, 4C)`` and on ``norm.weight/bias`` ``(4C,)``; the
-    inverse of the ``correct_unfold_*`` functions of MMDetection's ``swin_converter``.
+    inverse of the ``correct_unfold_*`` functions of MMDetection's ``swin_converter``. Used by
+    :func:`convert_swin_state_dict` on MMDetection / MMPretrain checkpoints.
     """
     if v.ndim == 2:
         out, in4 = v.shape
         return v.reshape(out, in4 // 4, 4)[:, :, _UNFOLD_PERM].transpose(1, 2).reshape(out, in4)
     in4 = v.shape[0]
     return v.reshape(in4 // 4, 4)[:, _UNFOLD_PERM].t().reshape(in4)
-
-
-def official_to_unfold_order(v: Tensor) -> Tensor:
-    """Inverse of :func:`unfold_to_official_order` (what MMDetection's converter does)."""
-    if v.ndim == 2:
-        out, in4 = v.shape
-        return v.reshape(out, 4, in4 // 4)[:, _UNFOLD_PERM].transpose(1, 2).reshape(out, in4)
-    in4 = v.shape[0]
-    return v.reshape(4, in4 // 4)[_UNFOLD_PERM].t().reshape(in4)
 
 
 def swin_checkpoint_layout(sd: Mapping[str, Any]) -> str:
@@ -338,25 +331,22 @@ def swin_checkpoint_layout(sd: Mapping[str, Any]) -> str:
                      f'{keys[:3]})')
 
 
-def convert_swin_checkpoint(checkpoint: Mapping[str, Any], num_stages: int = 4,
-                            prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
-    """A Swin checkpoint of any supported layout → state dict of :class:`CFSwinTransformer`.
+def convert_swin_state_dict(state_dict: Mapping[str, Tensor],
+                            num_stages: int = 4) -> 'OrderedDict[str, Tensor]':
+    """The backbone's tensors of a Swin checkpoint of any supported layout → state dict of
+    :class:`CFSwinTransformer`.
 
-    Layouts: official (``model`` key, ``layers.i.blocks.j.attn.qkv``, ``patch_embed.proj``,
+    Layouts: official (``layers.i.blocks.j.attn.qkv``, ``patch_embed.proj``,
     ``layers.i.downsample.reduction/norm``, final ``norm`` → ``norm{num_stages-1}``), timm (merges
     at the start of the next stage, ``head.fc``), MMDetection/MMPretrain (``stages.i.blocks.j.attn.
     w_msa.qkv``, ``ffn.layers.0.0``, ``patch_embed.projection``, merging channels in ``nn.Unfold``
-    order, permuted back) and already converted files. The backbone's entries are selected by
-    :func:`~.base.backbone_state_dict` (``prefix``, by default the ``backbone.`` entries of
-    detector / segmentor / classifier checkpoints); the buffers ``relative_position_index`` and
+    order, permuted back) and already converted files. The buffers ``relative_position_index`` and
     ``attn_mask`` that the model rebuilds are dropped. Relative-position tables are returned as
-    they are; loading resizes them (:meth:`CFSwinTransformer.load_pretrained`).
+    they are; :meth:`CFSwinTransformer.convert_state_dict` resizes them to the model.
     """
-    sd = backbone_state_dict(checkpoint, prefix)
-    items = list(sd.items())
-    layout = swin_checkpoint_layout(sd)
+    layout = swin_checkpoint_layout(state_dict)
     out: 'OrderedDict[str, Tensor]' = OrderedDict()
-    for k, v in items:
+    for k, v in state_dict.items():
         if k.endswith(('relative_position_index', 'attn_mask')):
             continue
         if layout == 'mm':
@@ -383,12 +373,21 @@ def convert_swin_checkpoint(checkpoint: Mapping[str, Any], num_stages: int = 4,
     return out
 
 
-#: Load a checkpoint of any supported layout into a :class:`CFSwinTransformer`:
-#: ``load_swin_checkpoint(model, checkpoint, strict=False, prefix=None, strict_structure=True,
-#: logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
-load_swin_checkpoint = CFSwinTransformer.load_pretrained
+def convert_swin_checkpoint(checkpoint: Mapping[str, Any], num_stages: int = 4,
+                            prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
+    """A Swin checkpoint (official ``model`` key, timm, MMDetection / MMPretrain, whole-model
+    files) → state dict of :class:`CFSwinTransformer` (what
+    ``tools/model_converters/swin_to_mm.py`` writes): the backbone's entries selected by
+    :func:`~.loading.backbone_state_dict` (``prefix``, by default the ``backbone.`` entries of
+    detector / segmentor / classifier checkpoints), then :func:`convert_swin_state_dict`."""
+    return convert_swin_state_dict(backbone_state_dict(checkpoint, prefix), num_stages)
 
 
 __all__ = ['CFSwinTransformer', 'SwinBlock', 'SwinStage', 'WindowAttention',
-           'convert_swin_checkpoint', 'load_swin_checkpoint', 'swin_checkpoint_layout',
-           'unfold_to_official_order', 'official_to_unfold_order']
+           'convert_swin_checkpoint', 'convert_swin_state_dict',
+           'swin_checkpoint_layout', 'unfold_to_official_order']
+
+#: ``load_swin_checkpoint(model, ...)`` is ``model.load_pretrained(...)`` (deprecated).
+__getattr__ = moved_names(__name__, {
+    'load_swin_checkpoint':
+        'crossformer_mm.models.backbones.base:BackboneBase.load_pretrained'})

@@ -20,7 +20,7 @@ window partition and :func:`~crossformer_mm.models.layers.resize_abs_pos_embed`.
 
 State-dict layout (timm's): ``patch_embed.projs.0``, ``cls_token``, ``pos_embed``, ``norm_pre``,
 ``blocks.i.{norm1, attn.qkv, attn.proj, attn.rel_pos_h, attn.rel_pos_w, norm2, mlp.fc1, mlp.fc2}``,
-``norm``, ``fc_norm``, ``head``, ``pyramid.*``. :func:`convert_vit_checkpoint` reads timm / DeiT /
+``norm``, ``fc_norm``, ``head``, ``pyramid.*``. :func:`convert_vit_state_dict` reads timm / DeiT /
 MAE and MMSegmentation / MMPretrain checkpoints.
 """
 import logging
@@ -39,7 +39,9 @@ from crossformer_mm.models.layers import (Attention, CrossScaleEmbed, DropPath, 
                                           to_2tuple, window_partition, window_reverse)
 from crossformer_mm.registry import register_model
 
-from .base import BackboneBase, ShapeSpec, backbone_state_dict
+from ..utils import moved_names
+from .base import BackboneBase, ShapeSpec
+from .loading import backbone_state_dict
 
 OUT_TYPES = ('featmap', 'pyramid', 'cls_token', 'avg_featmap')
 
@@ -339,15 +341,13 @@ class CFVisionTransformer(BackboneBase):
                 nn.init.trunc_normal_(blk.attn.rel_pos_h, std=0.02)
                 nn.init.trunc_normal_(blk.attn.rel_pos_w, std=0.02)
 
-    def convert_checkpoint(self, checkpoint: Mapping[str, Any],
-                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
-        return convert_vit_checkpoint(checkpoint, prefix)
-
-    def _adapt_checkpoint(self, state_dict: 'OrderedDict[str, Tensor]',
-                          logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
-        """A position embedding of another grid is resized (``interpolate_mode``) and its class
-        rows adapted; relative-position tables of another length are resized (linear), as
-        ViTDet's :func:`~crossformer_mm.models.layers.get_rel_pos` would at run time. Logged."""
+    def convert_state_dict(self, state_dict: 'OrderedDict[str, Tensor]',
+                           logger: Union[str, logging.Logger]) -> 'OrderedDict[str, Tensor]':
+        """Any supported layout → this model's key names (:func:`convert_vit_state_dict`); a
+        position embedding of another grid is resized (``interpolate_mode``) and its class rows
+        adapted; relative-position tables of another length are resized (linear), as ViTDet's
+        :func:`~crossformer_mm.models.layers.get_rel_pos` would at run time. Logged."""
+        state_dict = convert_vit_state_dict(state_dict)
         own = self.state_dict()
         pos = state_dict.get('pos_embed')
         if pos is not None and pos.shape[-1] == own['pos_embed'].shape[-1]:
@@ -450,27 +450,23 @@ _MM_BLOCK_RULES = (
 )
 
 
-def convert_vit_checkpoint(checkpoint: Mapping[str, Any],
-                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
-    """A ViT checkpoint of any supported layout → state dict of :class:`CFVisionTransformer`.
+def convert_vit_state_dict(state_dict: Mapping[str, Tensor]) -> 'OrderedDict[str, Tensor]':
+    """The backbone's tensors of a ViT checkpoint of any supported layout → state dict of
+    :class:`CFVisionTransformer`.
 
     timm / DeiT / MAE (``blocks.i.attn.qkv``, ``patch_embed.proj``, ``pos_embed``, ``cls_token``,
     ``norm``, ``fc_norm``, ``head``); MMSegmentation (``layers.i.ln1``,
     ``attn.attn.in_proj_weight``, ``attn.attn.out_proj``, ``ffn.layers.0.0``, ``ffn.layers.1``,
     ``patch_embed.projection``, final ``ln1``; a missing patch bias becomes zeros); MMPretrain
-    (``layers.i.attn.qkv``, final ``ln1``,
-    ``pre_norm``, ``ln2`` → ``fc_norm``). The backbone's entries are selected by
-    :func:`~.base.backbone_state_dict` (``prefix``, by default the ``backbone.`` entries of
-    whole-model checkpoints). The position embedding is returned as it is; loading adapts its grid
-    and prefix rows to the model (:meth:`CFVisionTransformer.load_pretrained`).
-    timm's classifier ``head.weight`` stays ``head.weight``; ``dist_token``/``head_dist`` (DeiT
-    distilled) and MAE decoder weights are kept and reported as unexpected on loading.
+    (``layers.i.attn.qkv``, final ``ln1``, ``pre_norm``, ``ln2`` → ``fc_norm``). The position
+    embedding is returned as it is; :meth:`CFVisionTransformer.convert_state_dict` adapts its
+    grid and prefix rows to the model. timm's classifier ``head.weight`` stays ``head.weight``;
+    ``dist_token``/``head_dist`` (DeiT distilled) and MAE decoder weights are kept and reported as
+    unexpected on loading.
     """
-    sd = backbone_state_dict(checkpoint, prefix)
-    items = list(sd.items())
-    layout = vit_checkpoint_layout(sd)
+    layout = vit_checkpoint_layout(state_dict)
     out: 'OrderedDict[str, Tensor]' = OrderedDict()
-    for k, v in items:
+    for k, v in state_dict.items():
         if layout == 'timm':
             k = re.sub(r'^patch_embed\.proj\.', 'patch_embed.projs.0.', k)
         elif layout in ('mmseg', 'mmpretrain'):
@@ -484,6 +480,16 @@ def convert_vit_checkpoint(checkpoint: Mapping[str, Any],
     if w is not None and 'patch_embed.projs.0.bias' not in out:
         out['patch_embed.projs.0.bias'] = w.new_zeros(w.shape[0])  # MMSeg's patch_bias=False
     return out
+
+
+def convert_vit_checkpoint(checkpoint: Mapping[str, Any],
+                           prefix: Optional[str] = None) -> 'OrderedDict[str, Tensor]':
+    """A ViT checkpoint (timm / DeiT / MAE, MMSegmentation, MMPretrain, whole-model files) → state
+    dict of :class:`CFVisionTransformer` (what ``tools/model_converters/vit_to_mm.py`` writes):
+    the backbone's entries selected by :func:`~.loading.backbone_state_dict` (``prefix``, by
+    default the ``backbone.`` entries of whole-model checkpoints), then
+    :func:`convert_vit_state_dict`."""
+    return convert_vit_state_dict(backbone_state_dict(checkpoint, prefix))
 
 
 def _adapt_pos_embed(pos: Tensor, model: CFVisionTransformer,
@@ -522,12 +528,11 @@ def _adapt_pos_embed(pos: Tensor, model: CFVisionTransformer,
     return new
 
 
-#: Load a checkpoint of any supported layout into a :class:`CFVisionTransformer`:
-#: ``load_vit_checkpoint(model, checkpoint, strict=False, prefix=None, strict_structure=True,
-#: logger='current')``, i.e. :meth:`~.base.BackboneBase.load_pretrained`.
-load_vit_checkpoint = CFVisionTransformer.load_pretrained
-
-
 __all__ = ['CFVisionTransformer', 'ViTBlock', 'ViTAttention', 'SimpleFeaturePyramid',
-           'LayerNorm2d', 'convert_vit_checkpoint', 'load_vit_checkpoint',
+           'LayerNorm2d', 'convert_vit_checkpoint', 'convert_vit_state_dict',
            'vit_checkpoint_layout']
+
+#: ``load_vit_checkpoint(model, ...)`` is ``model.load_pretrained(...)`` (deprecated).
+__getattr__ = moved_names(__name__, {
+    'load_vit_checkpoint':
+        'crossformer_mm.models.backbones.base:BackboneBase.load_pretrained'})

@@ -9,7 +9,7 @@ arguments, branches (``cls_branches``/``reg_branches``), losses and state dict.
 from mmdet.models.dense_heads import DeformableDETRHead
 
 from crossformer_mm.registry import MMDET_MODELS, register_model
-from ..detectors.utils import check_positive_int
+from ..utils import check_positive_int
 
 __all__ = ['CFDeformableDETRHead']
 

@@ -13,7 +13,7 @@ import torch
 from mmdet.models.dense_heads import DETRHead
 
 from crossformer_mm.registry import MMDET_MODELS, register_model
-from ..detectors.utils import check_positive_int
+from ..utils import check_positive_int
 
 __all__ = ['CFDETRHead']
 

@@ -3,26 +3,20 @@
 `Deformable DETR: Deformable Transformers for End-to-End Object Detection
 <https://arxiv.org/abs/2010.04159>`_ (Zhu et al., ICLR 2021). Subclasses MMDetection 3.3.0's
 ``DeformableDETR`` (``mmdet/models/detectors/deformable_detr.py``): same config keys, same state
-dict, same outputs; MMDetection builds the transformer, whose attention modules are then replaced
-by :class:`crossformer_mm.ops.MSDeformAttn` and SDPA
-(:mod:`crossformer_mm.models.layers.detr_layers`, :class:`~.utils.DETRFamilyMixin`), and
-inconsistent configs fail at build time.
+dict, same outputs, same initialisation; MMDetection builds the transformer, whose attention
+modules are then switched to the package's MSDA kernels and SDPA (:mod:`.detr_layers`,
+:class:`~.detr_family.DETRFamilyMixin`), and inconsistent configs fail at build time.
 """
 from typing import Dict, Optional, Tuple
 
-from mmcv.ops import MultiScaleDeformableAttention
 from mmdet.models.detectors import DeformableDETR
-from mmdet.models.detectors.base_detr import DetectionTransformer
 from mmdet.structures import OptSampleList
-from mmengine.model import xavier_init
 import torch
-from torch import Tensor, nn
-from torch.nn.init import normal_
+from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from crossformer_mm.ops import MSDeformAttn
 from crossformer_mm.registry import MMDET_MODELS, register_model
-from .utils import DETRFamilyMixin, check_levels
+from .detr_family import DETRFamilyMixin, check_levels
 
 __all__ = ['CFDeformableDETR']
 
@@ -47,30 +41,12 @@ class CFDeformableDETR(DETRFamilyMixin, DeformableDETR):
     loads without missing or unexpected keys.
 
     Raises:
-        ValueError: at build time (:class:`~.utils.DETRFamilyMixin`), for ``num_queries`` or
+        ValueError: at build time (:class:`~.detr_family.DETRFamilyMixin`), for ``num_queries`` or
             ``num_feature_levels`` that are not positive ints, deformable attention
             ``num_levels`` different from ``num_feature_levels``, a neck whose ``in_channels``
             differ from the backbone's output channels, whose number of outputs differs from
             ``num_feature_levels`` or whose ``out_channels`` differ from ``embed_dims``.
     """
-
-    def init_weights(self) -> None:
-        """mmdet's initialisation, in the same order (same seed, same weights), applied to the
-        package's deformable attention as well as mmcv's."""
-        DetectionTransformer.init_weights(self)
-        for coder in self.encoder, self.decoder:
-            for p in coder.parameters():
-                if p.dim() > 1:
-                    nn.init.xavier_uniform_(p)
-        for m in self.modules():
-            if isinstance(m, (MSDeformAttn, MultiScaleDeformableAttention)):
-                m.init_weights()
-        if self.as_two_stage:
-            nn.init.xavier_uniform_(self.memory_trans_fc.weight)
-            nn.init.xavier_uniform_(self.pos_trans_fc.weight)
-        else:
-            xavier_init(self.reference_points_fc, distribution='uniform', bias=0.)
-        normal_(self.level_embed)
 
     def pre_transformer(self, mlvl_feats: Tuple[Tensor],
                         batch_data_samples: OptSampleList = None) -> Tuple[Dict]:

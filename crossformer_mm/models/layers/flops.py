@@ -1,9 +1,14 @@
-"""FLOP-counter support for fused attention.
+"""FLOP-counter support for fused attention (public API).
 
 mmengine's ``FlopAnalyzer`` (fvcore-style, one FLOP per multiply-add) has no handle for
-``aten::scaled_dot_product_attention`` and skips it, so models on the fused path would be
-under-counted by the two attention matmuls. :func:`sdpa_flop_jit` counts them like the explicit
-path's ``q·kᵀ`` and ``attn·v`` (softmax and mask additions are not counted on either path).
+``aten::scaled_dot_product_attention`` and skips it, so models on the fused path
+(:class:`~.attention.Attention` with ``fused_attn=True``, the default) would be under-counted by
+the two attention matmuls. :func:`sdpa_flop_jit` counts them like the explicit path's ``q·kᵀ`` and
+``attn·v`` (softmax and mask additions are not counted on either path).
+
+Called by ``tools/analysis_tools/get_flops.py``, and by users who count the package's models with
+their own ``FlopAnalyzer`` (``add_sdpa_handle(FlopAnalyzer(model, inputs))``, see
+docs/backbones.md).
 """
 from math import prod
 from typing import Any, List

@@ -1,10 +1,11 @@
 """The backbone contract shared by CrossFormer, Swin and ViT: argument checks, output shapes,
-frozen stages with their output norms, and the one checkpoint loading path with its ``prefix``."""
+frozen stages with their output norms, and ``load_pretrained`` / ``init_cfg`` with a ``prefix``
+(the loading steps themselves: ``test_loading.py``)."""
 import pytest
 import torch
 
 from crossformer_mm.models.backbones import CFSwinTransformer, CFVisionTransformer, CrossFormer
-from crossformer_mm.models.backbones.base import ShapeSpec, backbone_state_dict
+from crossformer_mm.models.backbones.base import ShapeSpec
 
 TINY = dict(embed_dim=16, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
 FAMILIES = {
@@ -123,11 +124,16 @@ def test_prefix_that_matches_nothing(family) -> None:
         FAMILIES[family]().load_pretrained(sd, prefix='model.')
 
 
-def test_backbone_state_dict_rules() -> None:
-    t = torch.zeros(1)
-    wrapped = {'state_dict': {'module.backbone.a': t, 'module.neck.b': t, 'module.meta': 3}}
-    assert list(backbone_state_dict(wrapped)) == ['a']
-    assert list(backbone_state_dict(wrapped, 'backbone.')) == ['a']
-    assert list(backbone_state_dict(wrapped, 'neck.')) == ['b']
-    assert list(backbone_state_dict(wrapped, '')) == ['backbone.a', 'neck.b']
-    assert list(backbone_state_dict({'model': {'a': t, 'head.w': t}})) == ['a', 'head.w']
+@pytest.mark.parametrize('family', sorted(FAMILIES))
+def test_family_load_functions_are_deprecated_aliases(family) -> None:
+    """``load_<family>_checkpoint(model, ...)`` warns and is ``model.load_pretrained(...)``."""
+    import importlib
+    mod = importlib.import_module(f'crossformer_mm.models.backbones.{family}')
+    with pytest.warns(DeprecationWarning, match=f'load_{family}_checkpoint is deprecated.*'
+                      'load_pretrained'):
+        load = getattr(mod, f'load_{family}_checkpoint')
+    source = _randomized(FAMILIES[family](), 0)
+    target = _randomized(FAMILIES[family](), 1)
+    assert load(target, source.state_dict(), strict=True) == ([], [])
+    for a, b in zip(target.state_dict().values(), source.state_dict().values()):
+        assert torch.equal(a, b)

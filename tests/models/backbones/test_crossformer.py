@@ -11,8 +11,7 @@ import torch.nn.functional as F
 
 from crossformer_mm.models.backbones.crossformer import (CrossFormer, CrossFormerBlock,
                                                          convert_crossformer_checkpoint,
-                                                         group_geometry,
-                                                         load_crossformer_checkpoint)
+                                                         group_geometry)
 
 REPO = Path(__file__).resolve().parents[3]
 CLASSIFICATION_PARAMS = {
@@ -325,9 +324,9 @@ def test_wrong_variant_raises_naming_key():
         tiny_sd = CrossFormer('tiny').state_dict()
         small = CrossFormer('small')
     with pytest.raises(ValueError, match=r"'layers\.2\.blocks\.6\.norm1\.weight'"):
-        load_crossformer_checkpoint(small, {'state_dict': base_sd})
+        small.load_pretrained({'state_dict': base_sd})
     with pytest.raises(ValueError, match=r"'patch_embed\.projs\.0\.weight' has shape"):
-        load_crossformer_checkpoint(small, {'model': tiny_sd})
+        small.load_pretrained({'model': tiny_sd})
 
 
 def test_loader_logs_missing_and_unexpected(caplog):
@@ -337,13 +336,13 @@ def test_loader_logs_missing_and_unexpected(caplog):
     sd.pop('layers.0.blocks.0.norm1.weight')
     logger = MMLogger.get_instance('test_crossformer_loader')
     with pytest.raises(ValueError, match='norm1.weight'):
-        load_crossformer_checkpoint(model, sd, logger=logger)
+        model.load_pretrained(sd, logger=logger)
     sd = dict(CrossFormer(MINI, num_classes=5).state_dict())
-    missing, unexpected = load_crossformer_checkpoint(model, sd, logger=logger)
+    missing, unexpected = model.load_pretrained(sd, logger=logger)
     assert missing == [] and sorted(unexpected) == ['head.bias', 'head.weight', 'norm.bias',
                                                     'norm.weight']
     with pytest.raises(KeyError, match='unexpected'):
-        load_crossformer_checkpoint(model, sd, strict=True, logger=logger)
+        model.load_pretrained(sd, strict=True, logger=logger)
 
 
 # ---------------------------------------------------------------------------- registries

@@ -11,8 +11,6 @@ import torch
 from torch import Tensor
 
 from crossformer_mm.models.backbones.swin import (CFSwinTransformer, convert_swin_checkpoint,
-                                                  load_swin_checkpoint,
-                                                  official_to_unfold_order,
                                                   unfold_to_official_order)
 from crossformer_mm.models.layers import relative_position_index
 
@@ -92,7 +90,7 @@ def mmdet_swin() -> torch.nn.Module:
 @pytest.mark.parametrize('fused', [True, False])
 def test_parity_with_mmdet(mmdet_swin: torch.nn.Module, shape, fused: bool) -> None:
     ours = build_ours(fused_attn=fused)
-    missing, unexpected = load_swin_checkpoint(ours, mmdet_swin.state_dict(), strict=True)
+    missing, unexpected = ours.load_pretrained(mmdet_swin.state_dict(), strict=True)
     assert not missing and not unexpected
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -105,10 +103,11 @@ def test_parity_with_mmdet(mmdet_swin: torch.nn.Module, shape, fused: bool) -> N
 
 def test_parity_detects_wrong_merge_order(mmdet_swin: torch.nn.Module) -> None:
     """Loading MMDetection weights without the unfold-order permutation must not match."""
-    sd = convert_swin_checkpoint(mmdet_swin.state_dict())
+    mm_sd = mmdet_swin.state_dict()
+    sd = convert_swin_checkpoint(mm_sd)
     for k in list(sd):
-        if '.downsample.' in k:
-            sd[k] = official_to_unfold_order(sd[k])  # undo the converter's permutation
+        if '.downsample.' in k:  # MMDetection's tensor, without the converter's permutation
+            sd[k] = mm_sd[k.replace('layers.', 'stages.', 1)]
     ours = build_ours()
     ours.load_state_dict(sd, strict=True)
     x = torch.randn(1, 3, 64, 64)
@@ -116,11 +115,20 @@ def test_parity_detects_wrong_merge_order(mmdet_swin: torch.nn.Module) -> None:
         assert max_diff(list(ours(x))[1:], list(mmdet_swin(x))[1:]) > 1e-2
 
 
-def test_unfold_permutation_roundtrip() -> None:
-    w = torch.randn(6, 4 * 5)
-    assert torch.equal(unfold_to_official_order(official_to_unfold_order(w)), w)
-    n = torch.randn(4 * 5)
-    assert torch.equal(official_to_unfold_order(unfold_to_official_order(n)), n)
+def test_unfold_permutation_maps_unfold_features_to_the_official_concatenation() -> None:
+    """A merging weight over ``nn.Unfold`` features, permuted, gives the same result over the
+    official concatenation ``[x(0::2, 0::2), x(1::2, 0::2), x(0::2, 1::2), x(1::2, 1::2)]``."""
+    c = 5
+    x = torch.randn(1, c, 4, 6)
+    unfold = torch.nn.functional.unfold(x, 2, stride=2)[0].t()  # (L, 4C), c·4 + dh·2 + dw
+    x_hw = x[0].permute(1, 2, 0)
+    official = torch.cat([x_hw[0::2, 0::2], x_hw[1::2, 0::2], x_hw[0::2, 1::2],
+                          x_hw[1::2, 1::2]], dim=-1).reshape(-1, 4 * c)
+    assert torch.equal(unfold_to_official_order(unfold), official)  # columns permuted
+    w = torch.randn(6, 4 * c)
+    torch.testing.assert_close(official @ unfold_to_official_order(w).t(), unfold @ w.t())
+    n = torch.randn(4 * c)  # a norm's weight: the same permutation of its channels
+    assert torch.equal(unfold_to_official_order(n), unfold_to_official_order(n[None])[0])
 
 
 def official_state_dict(ours: CFSwinTransformer) -> 'OrderedDict[str, Tensor]':
@@ -152,7 +160,7 @@ def test_official_layout_matches_mmdet_converter() -> None:
     mm_sd = {k[len('backbone.'):]: v for k, v in swin_converter(official).items()}
     ref.load_state_dict({k: v for k, v in mm_sd.items() if k in ref.state_dict()}, strict=False)
     ours = build_ours()
-    missing, unexpected = load_swin_checkpoint(ours, {'model': official})
+    missing, unexpected = ours.load_pretrained({'model': official})
     assert missing == [f'norm{i}.{p}' for i in range(3) for p in ('weight', 'bias')]
     assert unexpected == ['head.weight']
     for i in range(3):  # the official checkpoint has only the final norm
@@ -181,10 +189,10 @@ def test_whole_detector_checkpoint_and_prefix(mmdet_swin: torch.nn.Module) -> No
                'meta': {}}
     wrapped['state_dict']['neck.conv.weight'] = torch.zeros(1)
     ours = build_ours()
-    missing, unexpected = load_swin_checkpoint(ours, wrapped, strict=True)
+    missing, unexpected = ours.load_pretrained(wrapped, strict=True)
     assert not missing and not unexpected
     ours2 = build_ours()
-    load_swin_checkpoint(ours2, wrapped, strict=True, prefix='backbone.')
+    ours2.load_pretrained(wrapped, strict=True, prefix='backbone.')
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert max_diff(list(ours(x)), list(ours2(x))) == 0
@@ -196,7 +204,7 @@ def test_whole_detector_checkpoint_and_prefix(mmdet_swin: torch.nn.Module) -> No
 def test_window_size_resize_logged(mmdet_swin: torch.nn.Module) -> None:
     ours = build_ours(window_size=12)
     logger = capture_logger()
-    load_swin_checkpoint(ours, mmdet_swin.state_dict(), strict=True, logger=logger)
+    ours.load_pretrained(mmdet_swin.state_dict(), strict=True, logger=logger)
     msgs = logger.handlers[0].messages
     assert any('resizing layers.0.blocks.0.attn.rel_pos.relative_position_bias_table' in m
                and '(169, 1)' in m and '(529, 1)' in m for m in msgs)
@@ -217,10 +225,10 @@ def test_window_size_resize_logged(mmdet_swin: torch.nn.Module) -> None:
 def test_mismatched_checkpoint_names_first_key() -> None:
     other = CFSwinTransformer(dict(embed_dim=48, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)))
     with pytest.raises(ValueError, match=r"patch_embed\.projs\.0\.weight.*\(48, 3, 4, 4\)"):
-        load_swin_checkpoint(build_ours(), other.state_dict())
+        build_ours().load_pretrained(other.state_dict())
     deeper = CFSwinTransformer(dict(embed_dim=32, depths=(2, 2, 4, 2), num_heads=(1, 2, 4, 8)))
     with pytest.raises(ValueError, match=r"layers\.2\.blocks\.2\..*not in the model"):
-        load_swin_checkpoint(build_ours(), deeper.state_dict())
+        build_ours().load_pretrained(deeper.state_dict())
     with pytest.raises(ValueError, match='not a Swin checkpoint'):
         convert_swin_checkpoint({'blocks.0.attn.qkv.weight': torch.zeros(1)})
 
@@ -230,13 +238,13 @@ def test_missing_and_unexpected_keys_logged(mmdet_swin: torch.nn.Module) -> None
     del sd['norm2.weight']
     sd['extra.thing'] = torch.zeros(1)
     logger = capture_logger()
-    missing, unexpected = load_swin_checkpoint(build_ours(), sd, logger=logger)
+    missing, unexpected = build_ours().load_pretrained(sd, logger=logger)
     assert missing == ['norm2.weight'] and unexpected == ['extra.thing']
     msgs = logger.handlers[0].messages
     assert any('missing key' in m and 'norm2.weight' in m for m in msgs)
     assert any('unexpected key' in m and 'extra.thing' in m for m in msgs)
     with pytest.raises(KeyError, match='1 missing keys'):
-        load_swin_checkpoint(build_ours(), sd, strict=True, logger=logger)
+        build_ours().load_pretrained(sd, strict=True, logger=logger)
 
 
 def test_init_cfg_pretrained_on_converted_file(tmp_path, mmdet_swin: torch.nn.Module) -> None:

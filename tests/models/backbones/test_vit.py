@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from crossformer_mm.models.backbones.vit import (CFVisionTransformer, convert_vit_checkpoint,
-                                                 load_vit_checkpoint, vit_checkpoint_layout)
+                                                 vit_checkpoint_layout)
 from crossformer_mm.models.layers import decomposed_rel_pos_bias
 
 REPO = Path(__file__).resolve().parents[3]
@@ -92,7 +92,7 @@ def mmseg_vit() -> torch.nn.Module:
 @pytest.mark.parametrize('fused', [True, False])
 def test_parity_with_mmseg(mmseg_vit: torch.nn.Module, shape, fused: bool) -> None:
     ours = build_ours(fused_attn=fused)
-    missing, unexpected = load_vit_checkpoint(ours, mmseg_vit.state_dict(), strict=True)
+    missing, unexpected = ours.load_pretrained(mmseg_vit.state_dict(), strict=True)
     assert not missing and not unexpected
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -106,7 +106,7 @@ def test_parity_without_cls_token() -> None:
     ref = build_mmseg_vit(with_cls_token=False, final_norm=False, out_indices=(0, 2, 3))
     ours = build_ours(with_cls_token=False, final_norm=False, out_indices=(0, 2, 3))
     logger = capture_logger()
-    missing, unexpected = load_vit_checkpoint(ours, ref.state_dict(), logger=logger)
+    missing, unexpected = ours.load_pretrained(ref.state_dict(), logger=logger)
     assert not missing and unexpected == ['cls_token']  # mmseg always holds one
     assert any('prefix row' in m for m in logger.handlers[0].messages)
     x = torch.randn(1, 3, 80, 112)
@@ -117,7 +117,7 @@ def test_parity_without_cls_token() -> None:
 def test_position_interpolation_is_exercised(mmseg_vit: torch.nn.Module) -> None:
     """At 80x112 a model that skipped the resize (or resized differently) would not match."""
     ours = build_ours(interpolate_mode='bilinear')
-    load_vit_checkpoint(ours, mmseg_vit.state_dict(), strict=True)
+    ours.load_pretrained(mmseg_vit.state_dict(), strict=True)
     x = torch.randn(1, 3, 80, 112)
     with torch.no_grad():
         assert max_diff(ours(x), mmseg_vit(x)) > 1e-3
@@ -140,7 +140,7 @@ def test_timm_layout_with_other_grid_resized_and_logged() -> None:
     assert vit_checkpoint_layout(sd) == 'timm'
     ours = build_ours(num_classes=7, out_type='cls_token')
     logger = capture_logger()
-    missing, unexpected = load_vit_checkpoint(ours, {'model': sd}, logger=logger)
+    missing, unexpected = ours.load_pretrained({'model': sd}, logger=logger)
     assert not missing and unexpected == ['dist_token']
     assert any('resizing pos_embed from a 14x14 grid to 4x4' in m
                for m in logger.handlers[0].messages)
@@ -160,7 +160,7 @@ def test_deit_distilled_prefix_rows() -> None:
     pos = sd['pos_embed']  # cls row + 16 grid rows; insert a distillation row
     sd['pos_embed'] = torch.cat((pos[:, :1], torch.randn(1, 1, 64), pos[:, 1:]), dim=1)
     ours = build_ours()
-    load_vit_checkpoint(ours, sd, logger=capture_logger())
+    ours.load_pretrained(sd, logger=capture_logger())
     assert torch.equal(ours.pos_embed, pos)
 
 
@@ -190,10 +190,10 @@ def test_mmpretrain_layout_roundtrip() -> None:
 def test_mismatched_checkpoint_names_first_key(mmseg_vit: torch.nn.Module) -> None:
     other = CFVisionTransformer(dict(embed_dim=32, depth=4, num_heads=4), img_size=64)
     with pytest.raises(ValueError, match=r"'cls_token' has shape \(1, 1, 32\).*\(1, 1, 64\)"):
-        load_vit_checkpoint(build_ours(), other.state_dict())
+        build_ours().load_pretrained(other.state_dict())
     deeper = CFVisionTransformer(dict(embed_dim=64, depth=6, num_heads=4), img_size=64)
     with pytest.raises(ValueError, match=r"blocks\.4\..*not in the model"):
-        load_vit_checkpoint(build_ours(), deeper.state_dict())
+        build_ours().load_pretrained(deeper.state_dict())
     with pytest.raises(ValueError, match='not a ViT checkpoint'):
         convert_vit_checkpoint({'stages.0.weight': torch.zeros(1)})
 

@@ -10,8 +10,8 @@ from _detr_parity_utils import (assert_grads_close, assert_predictions_match,
 from mmcv.ops import MultiScaleDeformableAttention
 from mmdet.registry import MODELS
 
-from crossformer_mm.models.layers.detr_layers import SDPAMultiheadAttention
-from crossformer_mm.ops import MSDeformAttn
+from crossformer_mm.models.detectors.detr_layers import SDPAMultiheadAttention
+from crossformer_mm.models.msda import MMCVMSDeformAttnOnKernels
 
 VARIANTS = {
     'plain': dict(),
@@ -37,11 +37,11 @@ def test_uses_package_attention(pair):
     ref, ours = pair
     assert isinstance(ref.encoder.layers[0].self_attn, MultiScaleDeformableAttention)
     for layer in ours.encoder.layers:
-        assert type(layer.self_attn) is MSDeformAttn
+        assert type(layer.self_attn) is MMCVMSDeformAttnOnKernels
     for layer in ours.decoder.layers:
         assert type(layer.self_attn) is SDPAMultiheadAttention
-        assert type(layer.cross_attn) is MSDeformAttn
-    assert not any(isinstance(m, MultiScaleDeformableAttention) for m in ours.modules())
+        assert type(layer.cross_attn) is MMCVMSDeformAttnOnKernels
+    assert not any(type(m) is MultiScaleDeformableAttention for m in ours.modules())
 
 
 def test_state_dict_keys_and_shapes_match(pair):

@@ -11,7 +11,7 @@ from _detr_parity_utils import (assert_grads_close, assert_predictions_match,
 from mmcv.cnn.bricks.transformer import MultiheadAttention
 from mmdet.registry import MODELS
 
-from crossformer_mm.models.layers.detr_layers import SDPAMultiheadAttention
+from crossformer_mm.models.detectors.detr_layers import SDPAMultiheadAttention
 
 
 @pytest.fixture(scope='module')
