@@ -107,3 +107,17 @@ def test_bad_arch_is_one_line(capsys):
     assert check_env('--arch', '4.2', '--no-triton') == 2
     err = capsys.readouterr().err
     assert err.count('\n') == 1 and 'is no NVIDIA GPU this setup knows' in err
+
+
+def test_arch_target_on_login_node(tmp_path, monkeypatch, capsys):
+    """A node without GPUs checking the archs of the GPU nodes: torch's build covers sm_80, the
+    Triton kernels compile for it ahead of time, this machine's mmcv has no CUDA ops for it."""
+    monkeypatch.setenv('PATH', str(tmp_path))  # no nvidia-smi
+    assert check_env('--arch', '8.0') == 1
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if line.strip().startswith('arch 8.0'))
+    cells = row.split()
+    assert cells[3] == 'sm_80' and cells[5:7] == ['yes', 'NO'], row
+    assert 'ok (4 kernels, float32)' in row, row
+    (line, ) = problems(out)
+    assert 'none for sm_80 (arch 8.0)' in line and 'CFM_CUDA_ARCHS="8.0"' in line
