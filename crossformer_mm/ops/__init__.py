@@ -7,12 +7,12 @@ on these kernels, happen in :mod:`crossformer_mm.models`.
 """
 from .msda import (MSDA_OP, MSDeformAttn, check_ms_deform_attn_inputs, ms_deform_attn,
                    ms_deform_attn_flops, ms_deform_attn_grid_sample, ms_deform_attn_pytorch,
-                   native_kernel_available)
+                   msda_backend, native_kernel_available)
 
 __all__ = [
     'MSDA_OP', 'MSDeformAttn', 'check_ms_deform_attn_inputs', 'ms_deform_attn',
     'ms_deform_attn_flops', 'ms_deform_attn_grid_sample', 'ms_deform_attn_pytorch',
-    'native_kernel_available'
+    'msda_backend', 'native_kernel_available'
 ]
 
 

@@ -15,9 +15,14 @@ value row), done one of two ways:
   its corners in that fixed order. No atomics: the gradients are bit-identical run after run, at
   the price of the sort and ``4·B·Q·heads·L·P`` (row, coefficient) pairs of scratch memory.
 
+Every launch runs under ``torch.cuda.device(<the tensors' device>)``: a Triton launch, like a
+CUDA kernel, otherwise goes to the current device, and tensors on ``cuda:1`` would be read from
+``cuda:0``'s context (the "illegal memory access" reported against the original MSDA kernel).
+
 The kernels run on CUDA tensors, and on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before triton is imported), which is how they are tested without a GPU.
 """
+import contextlib
 from typing import Tuple
 
 import torch
@@ -25,16 +30,11 @@ import torch
 try:
     import triton
     import triton.language as tl
-except ImportError:  # triton is optional: the op falls back to the reference on the GPU
+except ImportError:  # optional: without it CUDA runs mmcv's kernel or the PyTorch formulation
     triton = None
     tl = None
 
-__all__ = ['ms_deform_attn_backward_triton', 'ms_deform_attn_forward_triton', 'triton_available']
-
-
-def triton_available() -> bool:
-    """Whether triton imports and a CUDA device is present."""
-    return triton is not None and torch.cuda.is_available()
+__all__ = ['ms_deform_attn_backward_triton', 'ms_deform_attn_forward_triton']
 
 
 if triton is not None:
@@ -227,6 +227,12 @@ def _check_triton() -> None:
         raise RuntimeError('ms_deform_attn: the Triton kernel needs the `triton` package')
 
 
+def _on_device(t: torch.Tensor):
+    """The launch guard: the tensors' own CUDA device (nothing for CPU tensors, which only the
+    interpreter runs)."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _blocks(num_queries: int, head_dims: int, backward: bool) -> Tuple[int, int]:
     block_d = min(triton.next_power_of_2(max(head_dims, 1)), 32 if backward else 64)
     block_q = 32 if backward else 64
@@ -248,10 +254,11 @@ def ms_deform_attn_forward_triton(value: torch.Tensor, spatial_shapes: torch.Ten
         return out
     block_q, block_d = _blocks(num_queries, head_dims, backward=False)
     grid = (triton.cdiv(num_queries, block_q), bs * num_heads, triton.cdiv(head_dims, block_d))
-    _msda_fwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
-                           attention_weights, out, num_keys, num_queries, num_heads, head_dims,
-                           L=num_levels, P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d,
-                           ACC_FP64=value.dtype == torch.float64)
+    with _on_device(value):
+        _msda_fwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights, out, num_keys, num_queries, num_heads,
+                               head_dims, L=num_levels, P=num_points, BLOCK_Q=block_q,
+                               BLOCK_D=block_d, ACC_FP64=value.dtype == torch.float64)
     return out
 
 
@@ -274,31 +281,33 @@ def ms_deform_attn_backward_triton(
     if deterministic:
         grad_value = torch.zeros_like(value)
         corners = sampling_locations.numel() * 2  # 4 corners per (x, y) pair
-        rows = torch.empty(corners, dtype=torch.int64, device=value.device)
-        coef = torch.empty(corners, dtype=sampling_locations.dtype, device=value.device)
+        rows = value.new_empty(corners, dtype=torch.int64)
+        coef = value.new_empty(corners, dtype=sampling_locations.dtype)
     else:
-        grad_value = torch.zeros(value.shape, dtype=sampling_locations.dtype, device=value.device)
+        grad_value = value.new_zeros(value.shape, dtype=sampling_locations.dtype)
         rows = coef = grad_value  # unused by the atomic variant
     if grad_output.numel() == 0:
         return grad_value.to(value.dtype), grad_loc, grad_attn
     acc_fp64 = value.dtype == torch.float64
     block_q, block_d = _blocks(num_queries, head_dims, backward=True)
     grid = (triton.cdiv(num_queries, block_q), bs * num_heads)
-    _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
-                           attention_weights, grad_output, grad_value, grad_loc, grad_attn, rows,
-                           coef, num_keys, num_queries, num_heads, head_dims, L=num_levels,
-                           P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d, ACC_FP64=acc_fp64,
-                           DETERMINISTIC=deterministic)
-    if not deterministic:
-        return grad_value.to(value.dtype), grad_loc, grad_attn
-    # Group the corners by destination row; the stable sort keeps the (query, level, point,
-    # corner) order inside a row, so the summation order does not depend on the run.
-    num_rows = bs * num_keys * num_heads
-    sorted_rows, order = torch.sort(rows, stable=True)
-    offsets = torch.searchsorted(
-        sorted_rows, torch.arange(num_rows + 1, dtype=torch.int64, device=value.device))
-    block = min(max(triton.next_power_of_2(max(head_dims, 1)), 16), 128)
-    _msda_bwd_value_kernel[(num_rows, triton.cdiv(head_dims, block))](
-        grad_output, order, coef, offsets, grad_value, head_dims, LP=num_levels * num_points,
-        BLOCK_D=block, ACC_FP64=acc_fp64)
+    with _on_device(value):
+        _msda_bwd_kernel[grid](value, spatial_shapes, level_start_index, sampling_locations,
+                               attention_weights, grad_output, grad_value, grad_loc, grad_attn,
+                               rows, coef, num_keys, num_queries, num_heads, head_dims,
+                               L=num_levels, P=num_points, BLOCK_Q=block_q, BLOCK_D=block_d,
+                               ACC_FP64=acc_fp64, DETERMINISTIC=deterministic)
+        if not deterministic:
+            return grad_value.to(value.dtype), grad_loc, grad_attn
+        # Group the corners by destination row; the stable sort keeps the (query, level, point,
+        # corner) order inside a row, so the summation order does not depend on the run.
+        num_rows = bs * num_keys * num_heads
+        sorted_rows, order = torch.sort(rows, stable=True)
+        offsets = torch.searchsorted(sorted_rows, torch.arange(num_rows + 1, dtype=torch.int64,
+                                                               device=sorted_rows.device))
+        block = min(max(triton.next_power_of_2(max(head_dims, 1)), 16), 128)
+        _msda_bwd_value_kernel[(num_rows, triton.cdiv(head_dims, block))](
+            grad_output, order, coef, offsets, grad_value, head_dims, LP=num_levels * num_points,
+            BLOCK_D=block, ACC_FP64=acc_fp64)
     return grad_value, grad_loc, grad_attn
+

@@ -17,7 +17,7 @@ from mmcv.ops.multi_scale_deform_attn import multi_scale_deformable_attn_pytorch
 from crossformer_mm import _ext
 from crossformer_mm.ops import (MSDeformAttn, ms_deform_attn, ms_deform_attn_grid_sample,
                                 ms_deform_attn_pytorch)
-from crossformer_mm.ops.msda import function as msda_function
+from crossformer_mm.ops.msda import backends as msda_backends
 
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
@@ -328,8 +328,8 @@ def test_native_kernel_rejects_out_of_bounds_levels():
 
 def test_fallback_to_reference_warns_once(monkeypatch):
     inputs = make_inputs()
-    monkeypatch.setattr(msda_function, '_EXT', None)
-    monkeypatch.setattr(msda_function, '_WARNED', set())
+    monkeypatch.setattr(msda_backends, '_EXT', None)
+    monkeypatch.setattr(msda_backends, '_WARNED', set())
     with pytest.warns(RuntimeWarning, match='not built'):
         out = ms_deform_attn(*inputs)
     with warnings.catch_warnings():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from crossformer_mm.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_pytorch
-from crossformer_mm.ops.msda import function as msda_function
+from crossformer_mm.ops.msda import backends as msda_backends
 
 from test_msda import _module_inputs, _randomise, make_inputs, max_diff  # noqa: E402
 
@@ -49,20 +49,24 @@ def test_compiled_op_dynamic_query_count():
         assert max_diff(compiled(*inputs), ms_deform_attn(*inputs)) <= 1e-6
 
 
-def test_compile_without_kernel_needs_static_shapes(monkeypatch):
-    """The PyTorch fallback reads the level sizes: under compile, tensor shapes are refused with
-    an error naming the fix; a static tuple works."""
-    monkeypatch.setattr(msda_function, '_EXT', None)
-    monkeypatch.setattr(msda_function, '_WARNED', {'cpu'})
+def test_compile_without_kernel_runs_the_pytorch_formulation(monkeypatch):
+    """Without a kernel for the device the op runs the PyTorch formulation inside the registered
+    op: compiled graphs need no change, with level sizes in a tensor or static."""
+    monkeypatch.setattr(msda_backends, '_EXT', None)
     value, shapes, starts, loc, attn = make_inputs(dtype=torch.float32)
+    leaves = [t.requires_grad_() for t in (value, loc, attn)]
+    expected = ms_deform_attn_pytorch(value, shapes, starts, loc, attn)
+    expected_grads = _grads(expected, leaves)
     compiled = torch.compile(ms_deform_attn, fullgraph=True, backend='aot_eager')
-    with pytest.raises(Exception, match=r'spatial_shapes as a tuple of \(H, W\) ints'):
-        compiled(value, shapes, starts, loc, attn)
-    torch._dynamo.reset()
     static = [tuple(hw) for hw in shapes.tolist()]
-    out = compiled(value, static, None, loc, attn)
-    assert max_diff(out, ms_deform_attn_pytorch(value, shapes, starts, loc,
-                                                            attn)) <= 1e-6
+    for levels, level_starts in ((shapes, starts), (static, None)):
+        monkeypatch.setattr(msda_backends, '_WARNED', set())
+        with pytest.warns(RuntimeWarning, match='not built'):
+            out = compiled(value, levels, level_starts, loc, attn)
+            grads = _grads(out, leaves)
+        assert max_diff(out, expected) <= 1e-6
+        for a, b in zip(grads, expected_grads):
+            assert max_diff(a, b) <= 1e-5
 
 
 def _module():
