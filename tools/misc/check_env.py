@@ -64,7 +64,7 @@ def triton_aot(cc: Tuple[int, int], dtypes: Sequence[str]) -> str:
     try:
         from crossformer_mm.ops.msda_triton import compile_ahead
     except ImportError as exc:
-        return f'not available ({exc})'
+        return f'not available ({type(exc).__name__}: {str(exc)[:60]})'
     count = 0
     for name in dtypes:
         try:
