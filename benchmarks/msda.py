@@ -20,6 +20,10 @@ cost model:
 FLOPs at the measured fp32 matmul rate and the minimum bytes at the measured copy bandwidth;
 "x floor" is our time over the larger of the two.
 
+``--aot`` compiles every Triton kernel ahead of time (no GPU needed, Triton's bundled ptxas) for
+each GPU architecture and dtype with ``crossformer_mm.ops.msda_triton.compile_ahead`` and prints
+a kernel x dtype x arch table of ok / error, with the time it took.
+
 ``--compile`` times instead the whole ``MSDeformAttn`` module (projections, softmax, sampling
 locations, the op, output projection) eager against ``torch.compile(fullgraph=True)`` (Inductor)
 on each case's shape, forward and forward+backward, in this process (torch only): the median of
@@ -31,10 +35,12 @@ Usage::
     python benchmarks/msda.py                 # all cases, CPU (+ GPU when present)
     python benchmarks/msda.py --cases small --repeat 5
     python benchmarks/msda.py --compile --cases encoder small
+    python benchmarks/msda.py --aot            # kernels x archs x dtypes, compiled ahead of time
 """
 import argparse
 import json
 import os
+import time
 from functools import partial
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -287,6 +293,40 @@ def compile_vs_eager(args, device: str) -> List[str]:
     return lines
 
 
+AOT_ARCHS = (70, 75, 80, 86, 90)
+AOT_DTYPES = {'float32': torch.float32, 'float16': torch.float16, 'bfloat16': torch.bfloat16,
+              'float64': torch.float64}
+
+
+def aot_table(archs: List[int]) -> List[str]:
+    """Every Triton kernel compiled ahead of time for each arch and dtype: ok / error."""
+    import triton
+
+    from crossformer_mm.ops.msda_triton import KERNELS, compile_ahead
+    start = time.perf_counter()
+    results, errors = {}, []
+    for cc in archs:
+        for name, dtype in AOT_DTYPES.items():
+            try:
+                cubins = compile_ahead(cc, dtype)
+            except Exception as err:  # report every failing cell, not only the first
+                errors.append(f'sm_{cc} {name}: {type(err).__name__}: {str(err)[:300]}')
+                cubins = {}
+            for kernel in KERNELS:
+                results[kernel, name, cc] = 'ok' if cubins.get(kernel) else 'error'
+    elapsed = time.perf_counter() - start
+    lines = [f'Triton {triton.__version__}, torch {torch.__version__}: '
+             f'{sum(v == "ok" for v in results.values())} of {len(results)} compiled in '
+             f'{elapsed:.0f} s', '',
+             '| kernel | dtype | ' + ' | '.join(f'sm_{cc}' for cc in archs) + ' |',
+             '|---|---|' + '---|' * len(archs)]
+    for kernel in KERNELS:
+        for name in AOT_DTYPES:
+            lines.append(f'| {kernel} | {name} | ' +
+                         ' | '.join(results[kernel, name, cc] for cc in archs) + ' |')
+    return lines + [''] + errors
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--cases', nargs='+', default=list(CASES), choices=list(CASES))
@@ -296,11 +336,18 @@ def main() -> None:
                         help='uniform sampling locations instead of reference + offsets')
     parser.add_argument('--compile', action='store_true',
                         help='the MSDeformAttn module eager vs torch.compile instead')
+    parser.add_argument('--aot', action='store_true',
+                        help='compile the Triton kernels ahead of time for --archs, all dtypes')
+    parser.add_argument('--archs', nargs='+', type=int, default=list(AOT_ARCHS),
+                        help='compute capabilities for --aot (default: %(default)s)')
     parser.add_argument('--worker', nargs=4, metavar=('CASE', 'IMPL', 'MODE', 'DEVICE'),
                         help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(worker(*args.worker, repeat=args.repeat, uniform=args.uniform)))
+        return
+    if args.aot:
+        print('\n'.join(aot_table(args.archs)))
         return
     if args.compile:
         devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])

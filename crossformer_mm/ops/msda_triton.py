@@ -21,9 +21,11 @@ CUDA kernel, otherwise goes to the current device, and tensors on ``cuda:1`` wou
 
 The kernels run on CUDA tensors, and on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before triton is imported), which is how they are tested without a GPU.
+:func:`compile_ahead` lowers them to cubin for a given GPU architecture without a GPU.
 """
 import contextlib
-from typing import Tuple
+import inspect
+from typing import Callable, Dict, List, Tuple
 
 import torch
 
@@ -34,7 +36,12 @@ except ImportError:  # optional: without it CUDA runs mmcv's kernel or the PyTor
     triton = None
     tl = None
 
-__all__ = ['ms_deform_attn_backward_triton', 'ms_deform_attn_forward_triton']
+__all__ = [
+    'KERNELS', 'compile_ahead', 'ms_deform_attn_backward_triton', 'ms_deform_attn_forward_triton'
+]
+
+#: The Triton kernels, by the names :func:`compile_ahead` returns.
+KERNELS = ('forward', 'backward_atomic', 'backward_deterministic', 'backward_value')
 
 
 if triton is not None:
@@ -311,3 +318,84 @@ def ms_deform_attn_backward_triton(
             BLOCK_D=block, ACC_FP64=acc_fp64)
     return grad_value, grad_loc, grad_attn
 
+
+# --------------------------------------------------------------------------------------------
+# Ahead-of-time compilation (no GPU needed)
+# --------------------------------------------------------------------------------------------
+
+#: The shape the kernels are compiled for ahead of time: Deformable DETR's 4 levels x 4 points,
+#: 32-channel heads, many queries (the block sizes the launches pick for it).
+_AOT_LEVELS, _AOT_POINTS, _AOT_HEAD_DIMS, _AOT_QUERIES = 4, 4, 32, 1024
+_PTR_TYPES = {torch.float32: '*fp32', torch.float16: '*fp16', torch.bfloat16: '*bf16',
+              torch.float64: '*fp64'}
+
+
+def _aot_kernels(dtype: torch.dtype) -> List[Tuple[str, Callable, dict, dict]]:
+    """``(name, kernel, signature, constexprs)`` of every kernel for ``dtype`` values, with the
+    argument types the launches above pass (locations, weights and the atomic buffer in the
+    opmath dtype)."""
+    if dtype not in _PTR_TYPES:
+        raise ValueError(f'compile_ahead: dtype must be one of {list(_PTR_TYPES)}, got {dtype!r}')
+    val = _PTR_TYPES[dtype]
+    acc = '*fp64' if dtype == torch.float64 else '*fp32'
+    acc_fp64 = dtype == torch.float64
+    sizes = {'S': 'i32', 'Q': 'i32', 'NH': 'i32', 'D': 'i32'}
+    levels = {'shapes_ptr': '*i64', 'starts_ptr': '*i64', 'loc_ptr': acc, 'attn_ptr': acc}
+    fwd_q, fwd_d = _blocks(_AOT_QUERIES, _AOT_HEAD_DIMS, backward=False)
+    bwd_q, bwd_d = _blocks(_AOT_QUERIES, _AOT_HEAD_DIMS, backward=True)
+    value_d = min(max(triton.next_power_of_2(_AOT_HEAD_DIMS), 16), 128)
+    fwd_c = dict(L=_AOT_LEVELS, P=_AOT_POINTS, BLOCK_Q=fwd_q, BLOCK_D=fwd_d, ACC_FP64=acc_fp64)
+    bwd_c = dict(L=_AOT_LEVELS, P=_AOT_POINTS, BLOCK_Q=bwd_q, BLOCK_D=bwd_d, ACC_FP64=acc_fp64)
+    value_c = dict(LP=_AOT_LEVELS * _AOT_POINTS, BLOCK_D=value_d, ACC_FP64=acc_fp64)
+
+    def signature(args: dict, constexprs: dict) -> dict:
+        return {**args, **{k: 'constexpr' for k in constexprs}}
+
+    fwd = {'value_ptr': val, **levels, 'out_ptr': val, **sizes}
+    bwd = {'value_ptr': val, **levels, 'grad_out_ptr': val}
+    atomic = dict(bwd, grad_value_ptr=acc, grad_loc_ptr=acc, grad_attn_ptr=acc, rows_ptr=acc,
+                  coef_ptr=acc, **sizes)
+    det = dict(bwd, grad_value_ptr=val, grad_loc_ptr=acc, grad_attn_ptr=acc, rows_ptr='*i64',
+               coef_ptr=acc, **sizes)
+    value = {'grad_out_ptr': val, 'order_ptr': '*i64', 'coef_ptr': acc, 'offsets_ptr': '*i64',
+             'grad_value_ptr': val, 'D': 'i32'}
+    atomic_c, det_c = dict(bwd_c, DETERMINISTIC=False), dict(bwd_c, DETERMINISTIC=True)
+    return [('forward', _msda_fwd_kernel, signature(fwd, fwd_c), fwd_c),
+            ('backward_atomic', _msda_bwd_kernel, signature(atomic, atomic_c), atomic_c),
+            ('backward_deterministic', _msda_bwd_kernel, signature(det, det_c), det_c),
+            ('backward_value', _msda_bwd_value_kernel, signature(value, value_c), value_c)]
+
+
+def _compile_kernels(cc: int, dtype: torch.dtype) -> Dict[str, object]:
+    """Every kernel compiled for ``sm_<cc>``: name -> Triton's compiled kernel (``.asm`` holds
+    the PTX and the cubin)."""
+    _check_triton()
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    if 'constexprs' not in inspect.signature(ASTSource).parameters:
+        raise RuntimeError(f'compile_ahead needs triton >= 3.2 (ASTSource with constexprs); '
+                           f'this is triton {triton.__version__}')
+    if not isinstance(cc, int) or cc < 50:
+        raise ValueError(f'compile_ahead: cc must be a compute capability as an int such as 80 '
+                         f'(sm_80), got {cc!r}')
+    target = GPUTarget('cuda', cc, 32)
+    return {
+        name: triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=consts),
+                             target=target)
+        for name, kernel, sig, consts in _aot_kernels(dtype)
+    }
+
+
+def compile_ahead(cc: int, dtype: torch.dtype) -> Dict[str, bytes]:
+    """Compiles every Triton kernel of the op for compute capability ``cc`` (e.g. 80 for sm_80)
+    and ``dtype`` values, ahead of time and without a GPU, with Triton's bundled ``ptxas``.
+
+    Returns:
+        Kernel name (:data:`KERNELS`) -> cubin. A kernel that cannot be compiled for that target
+        raises Triton's compilation error.
+
+    Raises:
+        RuntimeError: triton is not installed, or too old for ahead-of-time compilation.
+        ValueError: ``cc`` or ``dtype`` is not one the kernels serve.
+    """
+    return {name: compiled.asm['cubin'] for name, compiled in _compile_kernels(cc, dtype).items()}

@@ -1,10 +1,14 @@
-"""The Triton MSDA kernels, run on the CPU through Triton's interpreter (small shapes).
+"""The Triton MSDA kernels, run on the CPU through Triton's interpreter (small shapes), and
+compiled ahead of time for the GPU architectures and dtypes the package claims (no GPU needed).
 
-``TRITON_INTERPRET=1`` has to be set before triton is imported, so the checks run in a fresh
-interpreter (``_msda_triton_interp.py``)."""
+``TRITON_INTERPRET=1`` has to be set before triton is imported, so the interpreter checks run in
+a fresh interpreter (``_msda_triton_interp.py``)."""
 import os
 import subprocess
 import sys
+
+import pytest
+import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -17,41 +21,49 @@ def test_triton_kernels_match_reference_in_interpreter():
     assert 'failures: []' in proc.stdout
 
 
-def test_triton_kernels_compile_for_a_cuda_target():
-    """Lowers the kernels (forward, both backward variants, the deterministic grad_value pass) to
-    a CUDA binary for sm_90 (no GPU needed): catches code that the interpreter accepts but the
-    compiler rejects."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
+#: Every kernel for every architecture and every dtype at least once (the default run); the
+#: slow test compiles the whole matrix.
+AOT_SUBSET = [(70, torch.float16), (75, torch.bfloat16), (80, torch.float64), (86, torch.float32),
+              (90, torch.bfloat16)]
+AOT_MATRIX = [(cc, dtype) for cc in (70, 75, 80, 86, 90)
+              for dtype in (torch.float32, torch.float16, torch.bfloat16, torch.float64)]
 
+
+def _check_compiles(cc: int, dtype: torch.dtype) -> None:
+    from crossformer_mm.ops.msda_triton import KERNELS, compile_ahead
+    cubins = compile_ahead(cc, dtype)
+    assert sorted(cubins) == sorted(KERNELS)
+    for name, cubin in cubins.items():
+        assert isinstance(cubin, bytes) and cubin[:4] == b'\x7fELF', (name, cc, dtype)
+
+
+@pytest.mark.parametrize('cc,dtype', AOT_SUBSET, ids=[f'sm_{c}-{d}' for c, d in AOT_SUBSET])
+def test_triton_kernels_compile_ahead(cc, dtype):
+    """Every kernel lowers to a cubin for the GPUs the package claims, without a GPU: catches
+    code that the interpreter accepts but the compiler rejects for an arch or a dtype."""
+    _check_compiles(cc, dtype)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('cc,dtype', AOT_MATRIX, ids=[f'sm_{c}-{d}' for c, d in AOT_MATRIX])
+def test_triton_kernels_compile_ahead_full_matrix(cc, dtype):
+    _check_compiles(cc, dtype)
+
+
+def test_deterministic_kernels_use_no_atomics():
+    from crossformer_mm.ops.msda_triton import _compile_kernels
+    kernels = _compile_kernels(86, torch.float32)  # compiled by the subset above
+    assert 'atom' in kernels['backward_atomic'].asm['ptx']  # the check can see atomics
+    for name in ('forward', 'backward_deterministic', 'backward_value'):
+        assert 'atom' not in kernels[name].asm['ptx'], (name, 'uses atomics')
+
+
+def test_compile_ahead_errors(monkeypatch):
     from crossformer_mm.ops import msda_triton
-
-    common = {'shapes_ptr': '*i64', 'starts_ptr': '*i64', 'loc_ptr': '*fp32',
-              'attn_ptr': '*fp32'}
-    sizes = {'S': 'i32', 'Q': 'i32', 'NH': 'i32', 'D': 'i32'}
-    constexprs = {'L': 4, 'P': 4, 'BLOCK_Q': 64, 'BLOCK_D': 32, 'ACC_FP64': False}
-    target = GPUTarget('cuda', 90, 32)
-    for dtype in ('*fp32', '*bf16'):
-        fwd = {'value_ptr': dtype, **common, 'out_ptr': dtype, **sizes,
-               **{k: 'constexpr' for k in constexprs}}
-        bwd_constexprs = dict(constexprs, DETERMINISTIC=False)
-        bwd = {'value_ptr': dtype, **common, 'grad_out_ptr': dtype, 'grad_value_ptr': '*fp32',
-               'grad_loc_ptr': '*fp32', 'grad_attn_ptr': '*fp32', 'rows_ptr': '*i64',
-               'coef_ptr': '*fp32', **sizes, **{k: 'constexpr' for k in bwd_constexprs}}
-        value_constexprs = {'LP': 16, 'BLOCK_D': 32, 'ACC_FP64': False}
-        value = {'grad_out_ptr': dtype, 'order_ptr': '*i64', 'coef_ptr': '*fp32',
-                 'offsets_ptr': '*i64', 'grad_value_ptr': dtype, 'D': 'i32',
-                 **{k: 'constexpr' for k in value_constexprs}}
-        kernels = [(msda_triton._msda_fwd_kernel, fwd, constexprs),
-                   (msda_triton._msda_bwd_kernel, bwd, bwd_constexprs)]
-        if dtype == '*fp32':  # the deterministic variant once (its dtype handling is shared)
-            kernels += [(msda_triton._msda_bwd_kernel, bwd,
-                         dict(bwd_constexprs, DETERMINISTIC=True)),
-                        (msda_triton._msda_bwd_value_kernel, value, value_constexprs)]
-        for kernel, signature, consts in kernels:
-            compiled = triton.compile(ASTSource(fn=kernel, signature=signature,
-                                                constexprs=consts), target=target)
-            assert compiled.asm['cubin'], (kernel.__name__, dtype)
-            if consts.get('DETERMINISTIC') or kernel is msda_triton._msda_bwd_value_kernel:
-                assert 'atom' not in compiled.asm['ptx'], (kernel.__name__, 'uses atomics')
+    with pytest.raises(ValueError, match='dtype must be one of'):
+        msda_triton.compile_ahead(80, torch.int32)
+    with pytest.raises(ValueError, match='cc must be a compute capability'):
+        msda_triton.compile_ahead('sm_80', torch.float32)
+    monkeypatch.setattr(msda_triton, 'triton', None)
+    with pytest.raises(RuntimeError, match='needs the `triton` package'):
+        msda_triton.compile_ahead(80, torch.float32)
