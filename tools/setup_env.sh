@@ -159,8 +159,12 @@ build_mmcv() {
       "$src/$pkg-$version/setup.py"
   fi
   # --no-cache-dir: pip's own wheel cache would hand back a build made for another torch.
-  "$VPY" -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir \
-    -w "$WHEEL_DIR" "$src/$pkg-$version" 2>&1 | { grep -v "^WARNING: Location" || true; }
+  if ! "$VPY" -m pip wheel --disable-pip-version-check --no-deps --no-build-isolation --no-cache-dir \
+      -w "$WHEEL_DIR" "$src/$pkg-$version" 2>&1 | { grep -v "^WARNING: Location" || true; }; then
+    rm -rf "$src"
+    echo "[setup] building $dist $version failed (see above): the installed mmcv and the stamp are unchanged" >&2
+    return 1
+  fi
   rm -rf "$src"
   ls "$WHEEL_DIR/$pkg-$version"-*.whl >/dev/null
 }
