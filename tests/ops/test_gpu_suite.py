@@ -66,8 +66,8 @@ def table_rows(out: str) -> dict:
 
 
 def test_models_tiny_on_cpu():
-    """Every model row runs (AMP float16 / bfloat16 training steps, inference, Mask R-CNN with
-    mmcv's CPU ops); the CUDA-only comparison says why it was skipped."""
+    """Every model row runs (AMP float16 / bfloat16 training steps, inference; Mask R-CNN in
+    float32 with mmcv's CPU ops); the CUDA-only comparison says why it was skipped."""
     proc = subprocess.run([sys.executable, str(ROOT / 'benchmarks' / 'gpu_models.py'),
                            '--device', 'cpu', '--tiny'], capture_output=True, text=True,
                           timeout=900, cwd=ROOT)
@@ -78,7 +78,7 @@ def test_models_tiny_on_cpu():
                                                  'deformable-detr_crossformer-s')
                 for step, dtype in (('train', 'amp float16'), ('train', 'amp bfloat16'),
                                     ('infer', 'float32'))]
-    expected.append(('mask-rcnn_crossformer-s', 'train', 'amp float16'))
+    expected.append(('mask-rcnn_crossformer-s', 'train', 'float32'))  # CPU: mmcv has no fp16
     for key in expected:
         ms, peak, result = rows.pop(key)
         assert result == 'ok' and float(ms) > 0 and peak == '-', (key, ms, peak, result)
