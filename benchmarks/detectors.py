@@ -59,22 +59,35 @@ def model_cfg(variant: str, ours: bool) -> dict:
     return model
 
 
-def make_batch(h: int, w: int, num_gts: int = 8):
+def make_batch(h: int, w: int, num_gts: int = 8, batch: int = 1, masks: bool = False,
+               device: str = 'cpu'):
+    """``batch`` random ``h`` x ``w`` images with ``num_gts`` random boxes each (and, with
+    ``masks``, a filled-box instance mask per box, for Mask R-CNN)."""
     import torch
     from mmdet.structures import DetDataSample
+    from mmdet.structures.mask import BitmapMasks
     from mmengine.structures import InstanceData
     g = torch.Generator().manual_seed(0)
-    inputs = torch.randn(1, 3, h, w, generator=g)
-    sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
-                                         batch_input_shape=(h, w), pad_shape=(h, w),
-                                         scale_factor=(1., 1.)))
-    xy = torch.rand(num_gts, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
-    wh = torch.rand(num_gts, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 8
-    gt = InstanceData()
-    gt.bboxes = torch.cat([xy, xy + wh], 1)
-    gt.labels = torch.randint(0, 80, (num_gts, ), generator=g)
-    sample.gt_instances = gt
-    return inputs, [sample]
+    inputs = torch.randn(batch, 3, h, w, generator=g)
+    samples = []
+    for _ in range(batch):
+        sample = DetDataSample(metainfo=dict(img_shape=(h, w), ori_shape=(h, w),
+                                             batch_input_shape=(h, w), pad_shape=(h, w),
+                                             scale_factor=(1., 1.)))
+        xy = torch.rand(num_gts, 2, generator=g) * torch.tensor([w * 0.7, h * 0.7])
+        wh = torch.rand(num_gts, 2, generator=g) * torch.tensor([w * 0.3, h * 0.3]) + 8
+        gt = InstanceData()
+        gt.bboxes = torch.cat([xy, xy + wh], 1)
+        gt.labels = torch.randint(0, 80, (num_gts, ), generator=g)
+        if masks:
+            import numpy as np
+            bitmaps = np.zeros((num_gts, h, w), dtype=np.uint8)
+            for i, (x0, y0, x1, y1) in enumerate(gt.bboxes.round().int().tolist()):
+                bitmaps[i, y0:y1, x0:x1] = 1
+            gt.masks = BitmapMasks(bitmaps, h, w)
+        sample.gt_instances = gt
+        samples.append(sample.to(device) if device != 'cpu' else sample)
+    return inputs.to(device), samples
 
 
 def build(impl: str, variant: str, weights: str):

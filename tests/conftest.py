@@ -75,3 +75,32 @@ def pytest_configure(config: pytest.Config) -> None:
     settings.register_profile('default', max_examples=100, derandomize=True, **common)
     settings.register_profile('slow', max_examples=2000, derandomize=True, **common)
     settings.load_profile(os.environ.get('CFM_HYPOTHESIS_PROFILE', 'default'))
+
+
+#: ``nvidia-smi --query-gpu=index,name,compute_cap,driver_version,memory.total`` rows of GPUs the
+#: tests simulate.
+FAKE_GPUS = {
+    'V100': 'Tesla V100-SXM2-32GB, 7.0, {driver}, 32768',
+    'A100': 'NVIDIA A100-SXM4-80GB, 8.0, {driver}, 81920',
+    'H100': 'NVIDIA H100 80GB HBM3, 9.0, {driver}, 81559',
+}
+
+
+@pytest.fixture
+def fake_nvidia_smi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., Path]:
+    """``fake_nvidia_smi('V100', count=2, driver='580.65.06')`` puts an ``nvidia-smi`` that lists
+    those GPUs first on ``PATH`` (of this process and the subprocesses it starts); returns its
+    folder. Only the query the package makes (``--query-gpu=...``) is answered."""
+
+    def install(model: str, count: int = 1, driver: str = '580.65.06') -> Path:
+        folder = tmp_path / 'fake-bin'
+        folder.mkdir(exist_ok=True)
+        rows = '\n'.join(f'{i}, ' + FAKE_GPUS[model].format(driver=driver) for i in range(count))
+        script = folder / 'nvidia-smi'
+        script.write_text('#!/bin/sh\ncase "$*" in\n  *--query-gpu=*) cat <<"ROWS"\n'
+                          f'{rows}\nROWS\n    ;;\n  *) echo "fake nvidia-smi" ;;\nesac\n')
+        script.chmod(0o755)
+        monkeypatch.setenv('PATH', f'{folder}{os.pathsep}{os.environ["PATH"]}')
+        return folder
+
+    return install

@@ -14,6 +14,14 @@ if [ -z "${PYTHON:-}" ]; then
   if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON=$ROOT/.venv/bin/python; else PYTHON=python; fi
 fi
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+# On a node with NVIDIA GPUs, refuse (one line: the reason and the fix) to start CPU processes
+# when torch cannot use the GPUs; --cpu or CFM_ALLOW_CPU=1 runs on the CPU on purpose.
+for arg in "${@:4}"; do
+  if [ "$arg" = --cpu ]; then export CFM_ALLOW_CPU=1; fi
+done
+if command -v nvidia-smi >/dev/null 2>&1; then
+  PYTHONPATH="$ROOT:${PYTHONPATH:-}" "$PYTHON" "$ROOT/tools/misc/check_env.py" --launch || exit 2
+fi
 PYTHONPATH="$ROOT:${PYTHONPATH:-}" exec "$PYTHON" -m torch.distributed.run \
   --nnodes="$NNODES" --node_rank="$NODE_RANK" --master_addr="$MASTER_ADDR" \
   --nproc_per_node="$NPROCS" --master_port="$PORT" \

@@ -19,6 +19,7 @@ from crossformer_mm.compat.dist import prepare_cpu_distributed
 from crossformer_mm.utils.cli import (build_runner, finish_distributed, prepare_config,
                                       user_errors_as_messages)
 from crossformer_mm.utils.config import ConfigError, check_checkpoint_path
+from crossformer_mm.utils.gpu_check import ALLOW_CPU_ENV, refuse_cpu_on_gpu_node
 
 
 def parse_args() -> argparse.Namespace:
@@ -41,6 +42,10 @@ def parse_args() -> argparse.Namespace:
         help='override config settings, key=value pairs')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
+    parser.add_argument(
+        '--cpu', action='store_true',
+        help=f'run on the CPU even on a node with GPUs (the GPUs are hidden; same as '
+        f'{ALLOW_CPU_ENV}=1). Without it, a node whose GPUs torch cannot use is refused')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     if 'LOCAL_RANK' not in os.environ:
@@ -93,6 +98,7 @@ def enable_detection_tta(cfg) -> None:
 @user_errors_as_messages
 def main() -> None:
     args = parse_args()
+    refuse_cpu_on_gpu_node(args.cpu)  # before anything initialises CUDA
     check_checkpoint_path(args.checkpoint)
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.launcher,
                          data_keys=('test_dataloader',))

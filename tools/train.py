@@ -18,6 +18,7 @@ from crossformer_mm.compat.resume import ValidateResumedStepHook
 from crossformer_mm.utils.cli import (build_runner, finish_distributed, prepare_config,
                                       user_errors_as_messages)
 from crossformer_mm.utils.config import check_checkpoint_path
+from crossformer_mm.utils.gpu_check import ALLOW_CPU_ENV, refuse_cpu_on_gpu_node
 
 
 def parse_args() -> argparse.Namespace:
@@ -34,6 +35,10 @@ def parse_args() -> argparse.Namespace:
         help='override config settings, key=value pairs (e.g. train_cfg.max_epochs=2)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
+    parser.add_argument(
+        '--cpu', action='store_true',
+        help=f'run on the CPU even on a node with GPUs (the GPUs are hidden; same as '
+        f'{ALLOW_CPU_ENV}=1). Without it, a node whose GPUs torch cannot use is refused')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     if 'LOCAL_RANK' not in os.environ:
@@ -44,6 +49,7 @@ def parse_args() -> argparse.Namespace:
 @user_errors_as_messages
 def main() -> None:
     args = parse_args()
+    refuse_cpu_on_gpu_node(args.cpu)  # before anything initialises CUDA
     cfg = prepare_config(args.config, args.work_dir, args.cfg_options, args.launcher,
                          data_keys=('train_dataloader', 'val_dataloader'))
     if args.amp:

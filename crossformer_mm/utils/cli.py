@@ -10,9 +10,11 @@ from mmengine.config import Config
 from ..compat.checkpoint import CheckpointLoadError
 from ..registry import MissingToolboxError
 from .config import ConfigError, check_data_roots, check_types, load_config
+from .gpu_check import GPUUnusableError
 
 #: Errors a user can cause and fix: printed as one clear line instead of a traceback.
-USER_ERRORS = (ConfigError, FileNotFoundError, CheckpointLoadError, MissingToolboxError)
+USER_ERRORS = (ConfigError, FileNotFoundError, CheckpointLoadError, MissingToolboxError,
+               GPUUnusableError)
 
 
 def prepare_config(config: str, work_dir: Optional[str], cfg_options: Optional[dict],
