@@ -36,7 +36,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 #: Environment for memory runs on the CPU: the RSS follows the live tensors.
 MEMORY_ENV = {'MALLOC_MMAP_THRESHOLD_': '65536'}
@@ -258,3 +258,11 @@ def run_case(argv: List[str], env: Optional[Dict[str, str]] = None,
 
 __all__ = ['ISA_ENV', 'LapTimer', 'MEMORY_ENV', 'code_label', 'cpu_description', 'require_isa',
            'time_fn', 'peak_memory', 'run_case']
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table (header, separator, rows), each column padded to its widest cell."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: '| ' + ' | '.join(str(c).ljust(w) for c, w in zip(r, widths)) + ' |'  # noqa
+    return '\n'.join([line(header), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'] +
+                     [line(r) for r in rows])

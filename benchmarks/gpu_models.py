@@ -40,7 +40,7 @@ for path in (HERE, ROOT):  # the harness, the package (also when not run as a sc
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from _harness import time_fn  # noqa: E402
+from _harness import markdown_table as table, time_fn  # noqa: E402
 
 #: name: (config, needs mmcv's CUDA ops on a GPU, steps)
 CASES = {
@@ -230,12 +230,6 @@ def steps_of(case: str) -> List[Tuple[str, int]]:
 def dtype_name(dtype: Optional[torch.dtype]) -> str:
     return 'float32' if dtype is None else f'amp {str(dtype).replace("torch.", "")}'
 
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: '| ' + ' | '.join(str(c).ljust(w) for c, w in zip(r, widths)) + ' |'  # noqa
-    return '\n'.join([line(header), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'] +
-                     [line(r) for r in rows])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

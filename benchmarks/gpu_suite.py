@@ -36,7 +36,7 @@ for path in (HERE, ROOT):  # the harness, the package (also when not run as a sc
     if path not in sys.path:
         sys.path.insert(0, path)
 
-from _harness import time_fn  # noqa: E402
+from _harness import markdown_table as table, time_fn  # noqa: E402
 
 from crossformer_mm.ops.msda import (ms_deform_attn, ms_deform_attn_grid_sample,  # noqa: E402
                                      ms_deform_attn_pytorch)
@@ -247,12 +247,6 @@ def run_timings(device: str, smoke: bool, repeat: int,
                 rows.append((name, str(dtype).replace('torch.', ''), impl, *cells))
     return rows
 
-
-def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda r: '| ' + ' | '.join(str(c).ljust(w) for c, w in zip(r, widths)) + ' |'  # noqa
-    return '\n'.join([line(header), '|' + '|'.join('-' * (w + 2) for w in widths) + '|'] +
-                     [line(r) for r in rows])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
