@@ -8,28 +8,14 @@ registries of the toolboxes that are installed: mmdet, mmseg, mmpretrain, any of
 together (see :mod:`crossformer_mm.registry`). Without mmengine, or without any of the three
 toolboxes, only the torch ops load (:mod:`crossformer_mm.ops` needs torch alone).
 """
-import importlib as _importlib  # noqa: I001
-
-import torch as _torch
+import torch as _torch  # noqa: I001
 
 from .version import __version__, check_min_version as _check_min_version
+from .version import import_checked as _import_checked
 
 _check_min_version('torch', _torch.__version__)
 
-
-def _import_checked(name: str) -> bool:
-    """Import ``name`` if it is installed and check its version; False where it is not."""
-    try:
-        module = _importlib.import_module(name)
-    except ModuleNotFoundError as err:
-        if err.name == name:
-            return False
-        raise
-    _check_min_version(name, module.__version__)
-    return True
-
-
-if not _import_checked('mmengine'):  # torch alone: the ops, nothing to register
+if _import_checked('mmengine') is None:  # torch alone: the ops, nothing to register
     from . import ops  # noqa: F401
 else:
     _import_checked('mmcv')

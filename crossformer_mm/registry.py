@@ -16,7 +16,7 @@ from typing import Callable, Dict, Optional, Sequence, TypeVar
 
 from mmengine.registry import Registry
 
-from .version import DISTRIBUTIONS, MIN_VERSIONS, check_min_version
+from .version import DISTRIBUTIONS, MIN_VERSIONS, import_checked
 
 T = TypeVar('T', bound=type)
 
@@ -36,13 +36,8 @@ class MissingToolboxError(ImportError):
 def _installed_models(scope: str) -> Optional[Registry]:
     """``<scope>.registry.MODELS`` when the toolbox ``scope`` is installed (its version checked),
     else None."""
-    try:
-        toolbox = importlib.import_module(scope)
-    except ModuleNotFoundError as err:
-        if err.name == scope:
-            return None
-        raise
-    check_min_version(scope, toolbox.__version__)
+    if import_checked(scope) is None:
+        return None
     return importlib.import_module(f'{scope}.registry').MODELS
 
 

@@ -4,8 +4,10 @@
 extras); importing the package checks the installed torch, and mmengine / mmcv / mmdet / mmseg /
 mmpretrain where they are installed, with :func:`check_min_version`.
 """
+import importlib
 import re
-from typing import Dict, Tuple
+from types import ModuleType
+from typing import Dict, Optional, Tuple
 
 __version__ = '0.1.0'
 
@@ -40,3 +42,19 @@ def check_min_version(name: str, installed: str) -> None:
         dist = DISTRIBUTIONS.get(name, name)
         raise ImportError(f'crossformer_mm needs {name} >= {floor}, found {installed}: upgrade it '
                           f'(pip install -U "{dist}>={floor}")')
+
+
+def import_checked(name: str) -> Optional[ModuleType]:
+    """Import ``name`` and check its version against the floor (:func:`check_min_version`).
+
+    Returns None where ``name`` itself is not installed; an import error from inside an installed
+    package is raised as it is.
+    """
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as err:
+        if err.name == name:
+            return None
+        raise
+    check_min_version(name, module.__version__)
+    return module
