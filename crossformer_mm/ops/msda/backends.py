@@ -19,7 +19,7 @@ launch under the tensors' own CUDA device.
 import functools
 import os
 import warnings
-from typing import Dict, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -226,6 +226,20 @@ def _check_kernel_levels(value: Tensor, spatial_shapes: Tensor,
     _check_level_layout(_static_shapes(spatial_shapes), starts, value.shape[1])
 
 
+
+def _run_triton(kernel: str, value: Tensor, *args: Any) -> Any:
+    """``msda_triton.<kernel>(*args)``, or None when Triton fails to compile or load it for
+    ``value``'s device and dtype (recorded by :func:`_triton_failed`, so the caller and later
+    calls take the next path). Other errors are raised as they are."""
+    from .. import msda_triton
+    try:
+        return getattr(msda_triton, kernel)(*args)
+    except Exception as err:
+        if not _raised_by_triton(err):
+            raise
+        _triton_failed(value, err)
+        return None
+
 def forward(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
             sampling_locations: Tensor, attention_weights: Tensor,
             deterministic: bool) -> Tensor:
@@ -235,14 +249,10 @@ def forward(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
     backend = _choose(value.device, value.dtype, deterministic)
     args = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
     if backend == 'triton':
-        from ..msda_triton import ms_deform_attn_forward_triton
-        try:
-            return ms_deform_attn_forward_triton(*args)
-        except Exception as err:
-            if not _raised_by_triton(err):
-                raise
-            _triton_failed(value, err)
-            backend = _choose(value.device, value.dtype, deterministic)
+        out = _run_triton('ms_deform_attn_forward_triton', value, *args)
+        if out is not None:
+            return out
+        backend = _choose(value.device, value.dtype, deterministic)
     if backend == 'cpu':
         return _EXT.ms_deform_attn_forward(*args)
     if backend == 'mmcv':
@@ -263,14 +273,10 @@ def backward(value: Tensor, spatial_shapes: Tensor, level_start_index: Tensor,
     args = (value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
             grad_output)
     if backend == 'triton':
-        from ..msda_triton import ms_deform_attn_backward_triton
-        try:
-            return ms_deform_attn_backward_triton(*args, deterministic)
-        except Exception as err:
-            if not _raised_by_triton(err):
-                raise
-            _triton_failed(value, err)
-            backend = _choose(value.device, value.dtype, deterministic)
+        grads = _run_triton('ms_deform_attn_backward_triton', value, *args, deterministic)
+        if grads is not None:
+            return grads
+        backend = _choose(value.device, value.dtype, deterministic)
     if backend == 'cpu':
         return tuple(_EXT.ms_deform_attn_backward(*args))
     if backend == 'mmcv':
