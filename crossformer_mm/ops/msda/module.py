@@ -238,22 +238,3 @@ class MSDeformAttn(nn.Module):
             raise ValueError(f'MSDeformAttn: key_padding_mask must be a bool tensor of shape '
                              f'(bs, num_value) = ({bs}, {num_value}), got '
                              f'{key_padding_mask.dtype} {_shape_str(key_padding_mask.shape)}')
-
-    @classmethod
-    def from_mmcv(cls, module: nn.Module) -> 'MSDeformAttn':
-        """Builds an :class:`MSDeformAttn` with the configuration and weights of an mmcv
-        ``MultiScaleDeformableAttention`` (same device, dtype and train/eval mode)."""
-        new = cls(
-            embed_dims=module.embed_dims,
-            num_heads=module.num_heads,
-            num_levels=module.num_levels,
-            num_points=module.num_points,
-            im2col_step=module.im2col_step,
-            dropout=module.dropout.p,
-            batch_first=module.batch_first,
-            norm_cfg=module.norm_cfg,
-            value_proj_ratio=module.value_proj.out_features / module.embed_dims)
-        new.to(device=module.value_proj.weight.device, dtype=module.value_proj.weight.dtype)
-        new.load_state_dict(module.state_dict())
-        new.train(module.training)
-        return new
