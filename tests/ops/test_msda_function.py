@@ -97,11 +97,13 @@ def test_ops_import_and_run_without_custom_op():
         custom_op, is_compiling = torch.library.custom_op, torch.compiler.is_compiling
         del torch.library.custom_op, torch.compiler.is_compiling
         import crossformer_mm.ops as ops
+        from crossformer_mm.ops import torch_compat
         from crossformer_mm.ops.msda import function
         # Back for torch's own modules that use them (torch.onnx, torch._dynamo).
         torch.library.custom_op, torch.compiler.is_compiling = custom_op, is_compiling
         assert not function._USE_CUSTOM_OP
-        assert function._is_compiling is not is_compiling
+        assert torch_compat.is_compiling is not is_compiling
+        assert not torch_compat.is_compiling()
         assert not hasattr(torch.ops.crossformer_mm, 'ms_deform_attn')
         shapes = torch.tensor([[4, 3], [2, 2]])
         starts = torch.tensor([0, 12])

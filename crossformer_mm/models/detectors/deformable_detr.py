@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
+from crossformer_mm.ops.torch_compat import is_compiling
 from crossformer_mm.registry import MMDET_MODELS, register_model
 from .detr_family import DETRFamilyMixin, check_levels
 
@@ -29,15 +30,6 @@ class _StaticShapeTensors(TorchFunctionMode):
         if func is torch._shape_as_tensor:
             return torch.tensor(tuple(args[0].shape), device=args[0].device)
         return func(*args, **(kwargs or {}))
-
-
-def _is_compiling() -> bool:
-    """``torch.compiler.is_compiling()`` (torch >= 2.3); torch 2.1 and 2.2 have it in
-    ``torch._dynamo``."""
-    is_compiling = getattr(torch.compiler, 'is_compiling', None)
-    if is_compiling is None:
-        from torch._dynamo import is_compiling
-    return is_compiling()
 
 
 @register_model((MMDET_MODELS, ))
@@ -63,7 +55,7 @@ class CFDeformableDETR(DETRFamilyMixin, DeformableDETR):
         if batch_data_samples is None:
             raise ValueError(f'{type(self).__name__} needs batch_data_samples (for the image '
                              'shapes and the padding masks)')
-        if not _is_compiling():
+        if not is_compiling():
             return super().pre_transformer(mlvl_feats, batch_data_samples)
         # torch.compile / torch.export: mmdet reads each level's size with
         # ``torch._shape_as_tensor``, which fake tensors cannot serve; built from the static sizes

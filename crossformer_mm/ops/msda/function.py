@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 from . import backends
 from .backends import DETERMINISTIC_BACKENDS, msda_backend
 from .reference import SpatialShapes, check_ms_deform_attn_inputs, ms_deform_attn_grid_sample
+from ..torch_compat import is_compiling
 
 __all__ = ['MSDA_OP', 'MSDeformAttnFunction', 'ms_deform_attn', 'ms_deform_attn_flops']
 
@@ -28,16 +29,6 @@ MSDA_OP = 'crossformer_mm::ms_deform_attn'
 #: Whether ``ms_deform_attn`` calls the registered op (torch >= 2.4) or, when False,
 #: :class:`MSDeformAttnFunction` over the same kernels.
 _USE_CUSTOM_OP = hasattr(torch.library, 'custom_op')
-
-if hasattr(getattr(torch, 'compiler', None), 'is_compiling'):  # torch >= 2.3
-    _is_compiling = torch.compiler.is_compiling
-else:
-
-    def _is_compiling() -> bool:
-        import torch._dynamo
-        is_compiling = getattr(torch._dynamo, 'is_compiling', None)
-        return bool(is_compiling is not None and is_compiling())
-
 
 def ms_deform_attn_flops(value_shape: Sequence[int], sampling_locations_shape: Sequence[int],
                          backward: bool = False) -> int:
@@ -205,7 +196,7 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
                                     sampling_locations, attention_weights, check_values=False)
         return ms_deform_attn_grid_sample(value, spatial_shapes, level_start_index,
                                           sampling_locations, attention_weights)
-    compiling = _is_compiling()
+    compiling = is_compiling()
     if compiling and not _USE_CUSTOM_OP:
         raise RuntimeError('ms_deform_attn: torch.compile and torch.export of the op need torch '
                            f'>= 2.4 (torch.library.custom_op); this is torch {torch.__version__}')
