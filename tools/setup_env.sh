@@ -236,3 +236,6 @@ if ! check_env; then
 fi
 echo "$STAMP" > "$STAMP_FILE"
 log "done: $VENV ($STACK stack)"
+# 5. The verify step: what this machine's GPUs (or its CPU) get from the environment; it names the
+#    fix and exits non-zero when something a run here needs is missing.
+"$VPY" "$ROOT/tools/misc/check_env.py"
