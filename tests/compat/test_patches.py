@@ -4,6 +4,7 @@ without the problems nothing is patched."""
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -195,3 +196,66 @@ def test_probes_write_no_file(tmp_path, monkeypatch):
     assert 'unpickles downloaded' in http_loader_problem(http)
     assert tempfile.gettempdir() == str(tmp_path)
     assert os.listdir(tmp_path) == []
+
+
+def test_import_writes_nothing_to_disk():
+    """Importing the package (probes included) opens no file for writing and creates no folder
+    from the package's code: an audit hook in a fresh interpreter records every write-mode
+    ``open``, ``mkdir`` and ``rename`` whose call stack passes through ``crossformer_mm``
+    (in-memory files under ``/proc/self/fd`` are not on disk). Other packages' own caches are not
+    the package's writes."""
+    code = textwrap.dedent('''
+        import os, sys
+        package = os.path.join(sys.argv[1], 'crossformer_mm') + os.sep
+        writes = []
+
+        stdlib = os.path.dirname(os.__file__) + os.sep
+
+        def ours():
+            # The innermost caller outside the standard library and torch.save (a third-party
+            # package's own cache, e.g. matplotlib's config folder created when it is imported,
+            # is not ours; a torch.save called by the package is).
+            frame = sys._getframe(2)
+            while frame is not None:
+                name = frame.f_code.co_filename
+                if not (name.startswith(stdlib) or name.startswith('<') or
+                        name.endswith(os.path.join('torch', 'serialization.py'))):
+                    return name.startswith(package)
+                frame = frame.f_back
+            return False
+
+        def on_disk(path):
+            # An open file descriptor, the null device and /proc (anonymous in-memory files) are
+            # not files on disk.
+            return isinstance(path, (str, bytes)) and not os.fsdecode(path).startswith(
+                ('/proc/', '/dev/'))
+
+        def hook(event, args):
+            if event == 'open':
+                path, mode, flags = args
+                writing = (isinstance(mode, str) and any(c in mode for c in 'wax+')) or (
+                    mode is None and isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR))
+                if writing and on_disk(path) and ours():
+                    writes.append((event, str(path)))
+            elif event in ('os.mkdir', 'os.rename', 'os.replace') and on_disk(args[0]) and ours():
+                writes.append((event, str(args[0])))
+
+        sys.addaudithook(hook)
+        import crossformer_mm
+        from crossformer_mm import compat
+        print(sorted(compat.active_patches()))
+        print('WRITES', writes)
+        # The control: a write through the package's code is seen.
+        import tempfile
+        from crossformer_mm.compat.checkpoint import write_checkpoint
+        write_checkpoint({'state_dict': {}}, os.path.join(tempfile.mkdtemp(), 'x.pth'))
+        print('CONTROL', len(writes) > 0)
+    ''')
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+    out = subprocess.run([sys.executable, '-c', code, str(ROOT)], capture_output=True, text=True,
+                         env=env, cwd=str(ROOT), timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == 'CONTROL True', lines[-1]
+    assert lines[-2] == 'WRITES []', lines[-2]
+    assert lines[-3] == str(sorted(compat.active_patches()))
