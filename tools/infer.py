@@ -188,14 +188,18 @@ def run_segmentation(cfg: Config, args: argparse.Namespace, images: List[str],
 
 def run_classification(cfg: Config, args: argparse.Namespace, images: List[str],
                        classes: Optional[Dict[str, Any]]) -> None:
+    from mmengine.registry import DefaultScope
     from mmpretrain.apis import ImageClassificationInferencer
-    inferencer = ImageClassificationInferencer(
-        model=cfg, pretrained=args.checkpoint, device=args.device,
-        classes=None if classes is None else classes['classes'])
-    pred_dir = osp.join(args.out_dir, 'preds')
-    os.makedirs(pred_dir, exist_ok=True)
-    results = inferencer(images, batch_size=args.batch_size,
-                         show_dir=osp.join(args.out_dir, 'vis'))
+    # Unlike mmdet's and mmseg's inferencers it takes no scope: it builds its pipeline in the
+    # current default scope, which an earlier run in the same process may have set.
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        inferencer = ImageClassificationInferencer(
+            model=cfg, pretrained=args.checkpoint, device=args.device,
+            classes=None if classes is None else classes['classes'])
+        pred_dir = osp.join(args.out_dir, 'preds')
+        os.makedirs(pred_dir, exist_ok=True)
+        results = inferencer(images, batch_size=args.batch_size,
+                             show_dir=osp.join(args.out_dir, 'vis'))
     for path, result in zip(images, results):
         stem = osp.splitext(osp.basename(path))[0]
         write_json(osp.join(pred_dir, stem + '.json'), dict(

@@ -56,6 +56,12 @@ class CFDetVisualizationHook(DetVisualizationHook):
                          backend_args=backend_args)
         self.iou_threshold = iou_threshold
 
+    def before_run(self, runner) -> None:
+        # Draw with this runner's visualizer. The upstream hook takes mmengine's most recently
+        # created visualizer when it is built, which is another runner's when several runners
+        # (e.g. a detector's and a segmentor's) live in one process.
+        self._visualizer = runner.visualizer
+
     def answer(self, data_sample: DetDataSample) -> DetDataSample:
         """A copy of ``data_sample`` holding only the predictions that are drawn, best first."""
         if 'pred_instances' not in data_sample:
