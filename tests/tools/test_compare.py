@@ -110,6 +110,7 @@ def compare(root: Path, *extra: str, env: dict = None) -> subprocess.CompletedPr
         cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=1200)
 
 
+@pytest.mark.slow  # about 2 minutes: four short trainings, one killed and resumed
 @pytest.mark.timeout(1200)
 def test_matrix_runs_skips_finished_and_resumes_killed(matrix):
     runs = matrix / 'runs'
