@@ -56,7 +56,10 @@ def native_extensions():
         print('torch is not importable: building crossformer_mm without its native ops '
               '(install with --no-build-isolation to build them)')
         return [], {}
-    flags = ['-O3', '-fopenmp', '-DAT_PARALLEL_OPENMP=1']
+    # -fno-trapping-math: floating-point operations are taken not to trap (nothing here enables
+    # FP exceptions), which lets the compiler turn the branch-free selects of the MSDA kernel's
+    # point loop into vector blends; it changes no result.
+    flags = ['-O3', '-fno-trapping-math', '-fopenmp', '-DAT_PARALLEL_OPENMP=1']
     ext = CppExtension(
         'crossformer_mm._ext',
         sources,
