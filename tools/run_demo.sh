@@ -10,7 +10,7 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
-CONFIG=${1:-configs/demo/retinanet_crossformer-demo_fpn_14e_demo-coco.py}
+CONFIG=${1:-configs/demo/retinanet_crossformer-demo_fpn_24e_demo-coco.py}
 NAME=$(basename "$CONFIG" .py)
 WORK_DIR=${WORK_DIR:-work_dirs/$NAME}
 
