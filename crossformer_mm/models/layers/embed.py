@@ -11,10 +11,17 @@ the zero padding of the convolutions themselves, so an image whose size is alrea
 the stride gives exactly the official result.
 
 Outputs are channels-last ``(B, H', W', C)`` maps.
+
+A kernel at least four times its stride (CEL's 16 and 32 at stride 4) is computed as a stride-1
+convolution of the space-to-depth map: :func:`strided_conv_as_s2d`. It is the same sum, reordered,
+with the same parameters; CPU convolution kernels handle a large kernel over three image channels
+at a large stride far worse than the equivalent small kernel over ``3·s²`` channels, and this one
+convolution was the largest part of the demo detector's training step.
 """
 from typing import Callable, List, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .partition import pad_to_multiple
@@ -27,6 +34,23 @@ def split_channels(total: int, num_kernels: int) -> List[int]:
     """
     return [total // 2 ** (i + 1) if i < num_kernels - 1 else total // 2 ** i
             for i in range(num_kernels)]
+
+
+def strided_conv_as_s2d(conv: nn.Conv2d, x: Tensor) -> Tensor:
+    """``conv(x)`` for a square kernel ``k`` divisible by the stride ``s``, padding ``(k − s) / 2``:
+    pad, ``pixel_unshuffle`` input and weight by ``s``, then a ``k/s`` kernel at stride 1.
+
+    ``pixel_unshuffle`` orders channels ``(c, i, j)`` for both, so input channel ``c`` at offset
+    ``(i, j)`` inside an ``s×s`` cell meets the weight tap of the same ``c`` and offset.
+    """
+    s, p = conv.stride[0], conv.padding[0]
+    x = F.pixel_unshuffle(F.pad(x, (p, p, p, p)), s)
+    return F.conv2d(x, F.pixel_unshuffle(conv.weight, s), conv.bias)
+
+
+def _uses_s2d(conv: nn.Conv2d) -> bool:
+    k, s = conv.kernel_size[0], conv.stride[0]
+    return k >= 4 * s and k % s == 0 and conv.padding[0] * 2 == k - s
 
 
 class _MultiKernelConv(nn.Module):
@@ -57,7 +81,8 @@ class _MultiKernelConv(nn.Module):
     @staticmethod
     def _run_convs(convs: nn.ModuleList, x: Tensor) -> Tensor:
         """``(B, C, H, W)`` padded map → channels-last ``(B, H/s, W/s, out)``."""
-        return torch.cat([conv(x) for conv in convs], dim=1).permute(0, 2, 3, 1)
+        outs = [strided_conv_as_s2d(conv, x) if _uses_s2d(conv) else conv(x) for conv in convs]
+        return torch.cat(outs, dim=1).permute(0, 2, 3, 1)
 
 
 class CrossScaleEmbed(_MultiKernelConv):
@@ -127,4 +152,4 @@ class CrossScalePatchMerging(_MultiKernelConv):
         return self._run_convs(self.reductions, x.permute(0, 3, 1, 2))
 
 
-__all__ = ['CrossScaleEmbed', 'CrossScalePatchMerging', 'split_channels']
+__all__ = ['CrossScaleEmbed', 'CrossScalePatchMerging', 'split_channels', 'strided_conv_as_s2d']

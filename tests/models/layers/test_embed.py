@@ -1,10 +1,12 @@
-"""Cross-scale embedding / merging: official channel split, any input size, single-kernel case."""
+"""Cross-scale embedding / merging: official channel split, any input size, single-kernel case,
+the space-to-depth form of the large kernels."""
 import pytest
 import torch
 import torch.nn.functional as F
 
 from crossformer_mm.models.layers import (CrossScaleEmbed, CrossScalePatchMerging, DropPath, Mlp,
                                           split_channels)
+from crossformer_mm.models.layers.embed import strided_conv_as_s2d
 
 
 def test_split_channels():
@@ -32,6 +34,33 @@ def test_single_kernel_is_plain_patch_embed():
     x = torch.randn(2, 3, 64, 48)
     ref = emb.projs[0](x).permute(0, 2, 3, 1)
     torch.testing.assert_close(emb(x), ref)
+
+
+@pytest.mark.parametrize('dtype,tol', [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+@pytest.mark.parametrize('k,s,cin,cout', [(32, 4, 3, 4), (16, 4, 3, 5), (8, 2, 5, 3)])
+def test_s2d_conv_equals_strided_conv(k, s, cin, cout, dtype, tol):
+    """Values and gradients (input, weight, bias) of the space-to-depth form match the conv."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(cin, cout, k, stride=s, padding=(k - s) // 2).to(dtype)
+    x = torch.randn(2, cin, 4 * s, 6 * s, dtype=dtype, requires_grad=True)
+    ref = conv(x)
+    out = strided_conv_as_s2d(conv, x)
+    assert out.shape == ref.shape == (2, cout, 4, 6)
+    torch.testing.assert_close(out, ref, rtol=tol, atol=tol)
+    g = torch.randn_like(ref)
+    grads = torch.autograd.grad(out, (x, conv.weight, conv.bias), g)
+    ref_grads = torch.autograd.grad(ref, (x, conv.weight, conv.bias), g)
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=tol, atol=tol * 10)
+
+
+def test_embed_large_kernels_match_plain_convs():
+    """CEL's 16 and 32 kernels go through the space-to-depth form; the output is the convs'."""
+    torch.manual_seed(0)
+    emb = CrossScaleEmbed(3, 32, norm_layer=None).double()
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    ref = torch.cat([p(x) for p in emb.projs], 1).permute(0, 2, 3, 1)
+    torch.testing.assert_close(emb(x), ref, rtol=1e-10, atol=1e-10)
 
 
 def test_merging_odd_sizes():
