@@ -31,6 +31,7 @@ def _run(use_custom_op: bool, monkeypatch, dtype=torch.float32, deterministic=No
     return out, torch.autograd.grad(out, leaves, grad)
 
 
+@pytest.mark.needs_custom_op
 @pytest.mark.filterwarnings('ignore:ms_deform_attn')
 @pytest.mark.parametrize('kernel', ['cpu', 'pytorch'])
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
@@ -46,6 +47,7 @@ def test_function_matches_registered_op(monkeypatch, kernel, dtype):
         assert torch.equal(a, b)
 
 
+@pytest.mark.needs_custom_op
 def test_function_deterministic_backward(monkeypatch):
     """Deterministic mode through the Function: bit-identical run after run and to the op."""
     runs = [_run(False, monkeypatch, deterministic=True) for _ in range(2)]
@@ -60,6 +62,7 @@ def test_function_deterministic_backward(monkeypatch):
         torch.use_deterministic_algorithms(False)
 
 
+@pytest.mark.needs_custom_op
 def test_function_module_matches_registered_op(monkeypatch):
     torch.manual_seed(0)
     module = MSDeformAttn(embed_dims=32, num_heads=4, num_levels=2, num_points=3, dropout=0.0)
