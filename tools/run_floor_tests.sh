@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The floor check: the oldest stack the package is tested with (crossformer_mm/version.py's
 # MIN_VERSIONS; the prebuilt upstream OpenMMLab stack), built with tools/setup_env.sh and running
-# the registration, version, op, backbone and tool tests (docs/testing.md, "Floor environment").
+# the registration, version, op, backbone, tool and checkpoint-loading tests (docs/testing.md,
+# "Floor environment").
 #
 #   bash tools/run_floor_tests.sh [pytest args...]
 #
@@ -47,4 +48,4 @@ PY
 exec "$DIR/.venv/bin/python" -m pytest -p no:cacheprovider -q \
   -m 'not slow and not needs_custom_op' \
   tests/test_registration.py tests/test_registry.py tests/test_version.py tests/test_setup.py \
-  tests/ops tests/models/backbones tests/tools "$@"
+  tests/ops tests/models/backbones tests/tools tests/compat/test_checkpoint.py "$@"
