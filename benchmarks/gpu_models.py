@@ -22,14 +22,17 @@ fails. One table; the exit status is 1 when a row failed (a skipped row says why
 
 ``--tiny`` (64x96 images, one encoder / decoder layer, 30 queries, one timed step) checks the
 script itself; its timings mean nothing. On the CPU the Mask R-CNN step runs in float32 (mmcv's
-CPU RoIAlign has no float16 backward).
+CPU RoIAlign has no float16 backward), and a step whose AMP dtype torch cannot autocast to there
+is skipped with the reason (torch 2.1's CPU autocast takes bfloat16 only).
 """
 import argparse
+import contextlib
 import copy
 import math
 import os
 import sys
 import time
+import warnings
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
@@ -84,6 +87,21 @@ def mmcv_cuda_problem(device: torch.device) -> Optional[str]:
     return None
 
 
+def autocast_problem(device_type: str, dtype: Optional[torch.dtype]) -> Optional[str]:
+    """Why this torch cannot autocast on ``device_type`` to ``dtype``, or None: torch 2.1's CPU
+    autocast takes bfloat16 only (it warns and turns itself off, then fails on entry)."""
+    if dtype is None:
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        torch.autocast(device_type, dtype=dtype)
+    refusals = [str(w.message) for w in caught if 'not supported' in str(w.message)]
+    if not refusals:
+        return None
+    return (f'torch {torch.__version__} cannot autocast to {str(dtype).replace("torch.", "")} '
+            f'on {device_type} ({refusals[0].splitlines()[-1]})')
+
+
 def make_train_step(model, inputs, samples, dtype: torch.dtype) -> Callable[[], float]:
     """One AMP training iteration (autocast, loss scaling for float16, AdamW step), as mmengine's
     ``AmpOptimWrapper`` does it; returns the loss."""
@@ -91,10 +109,15 @@ def make_train_step(model, inputs, samples, dtype: torch.dtype) -> Callable[[], 
     params = [p for p in model.parameters() if p.requires_grad]
     optim = torch.optim.AdamW(params, lr=1e-6)
     device = inputs.device.type
-    scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+    if hasattr(torch.amp, 'GradScaler'):
+        scaler = torch.amp.GradScaler(device, enabled=dtype == torch.float16)
+    else:  # torch < 2.3: a CUDA scaler only (its CPU autocast has no float16 to scale)
+        scaler = torch.cuda.amp.GradScaler(enabled=dtype == torch.float16)
 
     def step() -> float:
-        with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        # float32: no autocast at all (torch 2.1's CPU autocast refuses float32 even when off).
+        with (torch.autocast(device, dtype=dtype) if dtype is not None else
+              contextlib.nullcontext()):
             losses = model.loss(inputs, copy.deepcopy(samples))
         loss, _ = model.parse_losses(losses)
         optim.zero_grad()
@@ -165,8 +188,9 @@ def model_rows(device: torch.device, size: Tuple[int, int], batch: int, repeat: 
             if needs_mmcv_cuda and device.type == 'cpu':
                 dtype = None  # mmcv's CPU ops (RoIAlign's backward) have no float16 kernels
             row = (case, step_name, dtype_name(dtype))
-            if skip:
-                rows.append(row + ('-', '-', f'skipped: {skip}'))
+            why = skip or autocast_problem(device.type, dtype)
+            if why:
+                rows.append(row + ('-', '-', f'skipped: {why}'))
                 continue
             try:
                 if model is None:

@@ -76,9 +76,13 @@ def _short(err: BaseException) -> str:
     """The informative line of a torch.load error (the refused global, the bad key, ...)."""
     lines = [ln.strip() for ln in str(err).strip().splitlines() if ln.strip()]
     for line in lines:
-        if 'Unsupported global' in line:
-            return line.split('was not an allowed global')[0].replace('WeightsUnpickler error: ',
-                                                                       '').strip()
+        # A weights-only refusal names what it refused after torch's advice: today's torch
+        # "... WeightsUnpickler error: Unsupported global: GLOBAL m.C was not an allowed global
+        # by default. Please use ...", torch 2.1 one line ending "... WeightsUnpickler error:
+        # Unsupported class m.C" (or another refused opcode).
+        if 'WeightsUnpickler error: ' in line or 'Unsupported global' in line:
+            refused = line.split('WeightsUnpickler error: ')[-1]
+            return refused.split(' was not an allowed global')[0].strip()
     for line in lines:
         if 'failed finding central directory' in line:  # torch explains it at length after this
             return line.split('directory')[0] + 'directory (a truncated or damaged zip archive)'

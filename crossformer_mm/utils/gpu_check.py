@@ -129,6 +129,18 @@ def parse_arch_list(arch_list: Iterable[str]) -> Tuple[Set[int], Set[int]]:
     return cubins, ptx
 
 
+def torch_arch_list() -> List[str]:
+    """``torch.cuda.get_arch_list()``: the architectures torch's CUDA kernels were built for, also
+    where CUDA cannot start (a node without GPUs, a driver problem), where older torch (2.1
+    among them) returns an empty list; empty for a CPU-only build."""
+    import torch
+    archs = torch.cuda.get_arch_list()
+    if archs or not torch.version.cuda:
+        return archs
+    flags = getattr(torch._C, '_cuda_getArchFlags', lambda: None)()
+    return flags.split() if flags else []
+
+
 def arch_served(capability: Capability, cubins: Set[int], ptx: Set[int]) -> bool:
     """Whether a GPU of compute capability ``capability`` runs code holding ``cubins`` / ``ptx``
     (``sm_XY`` as ``XY``): a cubin it runs (:func:`~.gpu_env.served_by`), or PTX of an
@@ -196,7 +208,7 @@ def torch_gpu_problems(gpus: Optional[Sequence] = None) -> List[Problem]:
             f'the NVIDIA driver {gpus[0].driver} is too old for torch {torch.__version__} '
             f'(CUDA {torch.version.cuda} needs >= {".".join(map(str, need))})',
             f'update the driver, or {SETUP_FIX} and driver'))
-    cubins, ptx = parse_arch_list(torch.cuda.get_arch_list())
+    cubins, ptx = parse_arch_list(torch_arch_list())
     for cap in sorted({g.capability for g in gpus if g.capability is not None}):
         if not arch_served(cap, cubins, ptx):
             which = ', '.join(str(g.index) for g in gpus if g.capability == cap)

@@ -1,7 +1,9 @@
 """Checkpoint files under torch's weights-only default: plain weights load weights-only, the
 Runner's own checkpoints are written atomically and signed and load in full wherever the work dir
 is, and copied, modified, torn or garbage files are refused with a clear message."""
+import fractions
 import os
+import pickle
 import shutil
 
 import numpy as np
@@ -10,9 +12,18 @@ import torch
 from mmengine.logging import HistoryBuffer
 
 from crossformer_mm.compat.checkpoint import (KEY_FILE, SIG_SUFFIX, TMP_PREFIX,
-                                              CheckpointLoadError, find_resume_checkpoint,
+                                              CheckpointLoadError, _short, find_resume_checkpoint,
                                               load_local_checkpoint, load_trusted_file,
                                               signature_problem, write_checkpoint)
+
+#: torch 2.1's refusal of a class weights-only loading does not allow (one line).
+TORCH_2_1_REFUSAL = ('Weights only load failed. Re-running `torch.load` with `weights_only` set '
+                     'to `False` will likely succeed, but it can result in arbitrary code '
+                     'execution.Do it only if you get the file from a trusted source. '
+                     'WeightsUnpickler error: Unsupported class fractions.Fraction')
+#: What the one-line messages keep of it: this wording, or today's.
+REFUSED_FRACTION = ('Unsupported class fractions.Fraction',
+                    'Unsupported global: GLOBAL fractions.Fraction')
 
 def runner_like_checkpoint(epoch: int = 1) -> dict:
     buf = HistoryBuffer()
@@ -57,7 +68,9 @@ def test_foreign_pickle_is_refused(tmp_path):
     torch.save(runner_like_checkpoint(), path)
     with pytest.raises(CheckpointLoadError, match='trust_checkpoint.py') as err:
         load_local_checkpoint(str(path))
-    assert 'Unsupported global: GLOBAL' in str(err.value) and '\n' not in str(err.value)
+    message = str(err.value)
+    assert 'Unsupported global: GLOBAL' in message or 'Unsupported class' in message, message
+    assert '\n' not in message and 'Weights only load failed' not in message
     # What it offers works for a whole model: a weights-only copy of everything, not a backbone
     # converter (a detector tested with only its backbone's weights scores ~0 AP).
     assert f'tools/model_converters/to_weights_only.py {path} DST --unsafe-pickle' in str(err.value)
@@ -65,6 +78,19 @@ def test_foreign_pickle_is_refused(tmp_path):
     # A backbone loader names its family's converter instead.
     with pytest.raises(CheckpointLoadError, match=r'swin_to_mm\.py .* --unsafe-pickle'):
         load_local_checkpoint(str(path), converter='swin_to_mm')
+
+
+def test_refusal_names_what_was_refused(tmp_path):
+    """This torch's own refusal, and torch 2.1's wording, come down to the refused class."""
+    path = tmp_path / 'fraction.pth'
+    torch.save({'ratio': fractions.Fraction(1, 3)}, path)
+    with pytest.raises(pickle.UnpicklingError) as err:
+        torch.load(path, weights_only=True)
+    assert _short(err.value) in REFUSED_FRACTION, str(err.value)
+    assert _short(pickle.UnpicklingError(TORCH_2_1_REFUSAL)) == REFUSED_FRACTION[0]
+    with pytest.raises(CheckpointLoadError) as err:
+        load_local_checkpoint(str(path))
+    assert any(f'({refused})' in str(err.value) for refused in REFUSED_FRACTION), str(err.value)
 
 
 def test_truncated_checkpoint_is_named_in_one_line(tmp_path):

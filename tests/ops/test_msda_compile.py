@@ -13,6 +13,8 @@ from crossformer_mm.ops.msda import backends as msda_backends
 
 from test_msda import _module_inputs, _randomise, make_inputs, max_diff  # noqa: E402
 
+pytestmark = pytest.mark.needs_custom_op
+
 
 @pytest.fixture(autouse=True)
 def _fresh_dynamo():

@@ -1,10 +1,12 @@
 """The op on a torch without ``torch.library.custom_op`` (< 2.4): ``MSDeformAttnFunction``, a
-``torch.autograd.Function`` over the same forward and backward, forced here on the current torch
-(``function._USE_CUSTOM_OP = False``) and compared with the registered op -- the same values and
-gradients, bit for bit, deterministic mode included; compiling it says it needs torch >= 2.4.
-A fresh interpreter without ``custom_op`` and ``torch.compiler.is_compiling`` (the APIs torch
-2.1 lacks) imports the ops and runs them."""
+``torch.autograd.Function`` over the same forward and backward, forced here on a torch that has
+the registered op (``function._USE_CUSTOM_OP = False``) and compared with it -- the same values
+and gradients, bit for bit, deterministic mode included; compiling or exporting it says it needs
+torch >= 2.4 (on torch 2.1 too, where the Function is the only path). A fresh interpreter
+without ``custom_op`` and ``torch.compiler.is_compiling`` (the APIs torch 2.1 lacks) imports the
+ops and runs them."""
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -29,6 +31,7 @@ def _run(use_custom_op: bool, monkeypatch, dtype=torch.float32, deterministic=No
     return out, torch.autograd.grad(out, leaves, grad)
 
 
+@pytest.mark.needs_custom_op
 @pytest.mark.filterwarnings('ignore:ms_deform_attn')
 @pytest.mark.parametrize('kernel', ['cpu', 'pytorch'])
 @pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
@@ -44,6 +47,7 @@ def test_function_matches_registered_op(monkeypatch, kernel, dtype):
         assert torch.equal(a, b)
 
 
+@pytest.mark.needs_custom_op
 def test_function_deterministic_backward(monkeypatch):
     """Deterministic mode through the Function: bit-identical run after run and to the op."""
     runs = [_run(False, monkeypatch, deterministic=True) for _ in range(2)]
@@ -58,6 +62,7 @@ def test_function_deterministic_backward(monkeypatch):
         torch.use_deterministic_algorithms(False)
 
 
+@pytest.mark.needs_custom_op
 def test_function_module_matches_registered_op(monkeypatch):
     torch.manual_seed(0)
     module = MSDeformAttn(embed_dims=32, num_heads=4, num_levels=2, num_points=3, dropout=0.0)
@@ -74,14 +79,25 @@ def test_function_module_matches_registered_op(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(results[0][1], results[1][1]))
 
 
-def test_function_refuses_compile(monkeypatch):
+class _Op(torch.nn.Module):
+    def forward(self, *inputs):
+        return ms_deform_attn(*inputs)
+
+
+def test_function_refuses_compile_and_export(monkeypatch):
+    """The Function's one line, not Dynamo's account of what it could not trace."""
     monkeypatch.setattr(function, '_USE_CUSTOM_OP', False)
+    inputs = make_inputs(dtype=torch.float32)
+    expected = (r'^ms_deform_attn: torch.compile and torch.export of the op need torch >= 2.4 '
+                r'\(torch.library.custom_op\); this is torch ' + re.escape(torch.__version__))
     torch._dynamo.reset()
-    compiled = torch.compile(ms_deform_attn, fullgraph=True, backend='aot_eager')
     try:
-        with pytest.raises(Exception, match=r'torch.compile and torch.export of the op need '
-                           r'torch >= 2.4'):
-            compiled(*make_inputs(dtype=torch.float32))
+        compiled = torch.compile(ms_deform_attn, fullgraph=True, backend='aot_eager')
+        with pytest.raises(AssertionError, match=expected):
+            compiled(*inputs)
+        torch._dynamo.reset()
+        with pytest.raises(AssertionError, match=expected):
+            torch.export.export(_Op(), tuple(inputs))
     finally:
         torch._dynamo.reset()
 
@@ -94,15 +110,20 @@ def test_ops_import_and_run_without_custom_op():
         import torch
         for name in ('mmengine', 'mmcv', 'mmdet', 'mmseg', 'mmpretrain'):
             sys.modules[name] = None  # the ops alone: what they import must do without the APIs
-        custom_op, is_compiling = torch.library.custom_op, torch.compiler.is_compiling
-        del torch.library.custom_op, torch.compiler.is_compiling
+        apis = [(torch.library, 'custom_op'), (torch.compiler, 'is_compiling')]
+        saved = {name: getattr(owner, name) for owner, name in apis if hasattr(owner, name)}
+        for owner, name in apis:  # absent already on torch 2.1
+            if name in saved:
+                delattr(owner, name)
         import crossformer_mm.ops as ops
         from crossformer_mm.ops import torch_compat
         from crossformer_mm.ops.msda import function
         # Back for torch's own modules that use them (torch.onnx, torch._dynamo).
-        torch.library.custom_op, torch.compiler.is_compiling = custom_op, is_compiling
+        for owner, name in apis:
+            if name in saved:
+                setattr(owner, name, saved[name])
         assert not function._USE_CUSTOM_OP
-        assert torch_compat.is_compiling is not is_compiling
+        assert torch_compat.is_compiling is not saved.get('is_compiling')
         assert not torch_compat.is_compiling()
         assert not hasattr(torch.ops.crossformer_mm, 'ms_deform_attn')
         shapes = torch.tensor([[4, 3], [2, 2]])

@@ -114,6 +114,22 @@ def test_cuda_that_does_not_start_says_why(fake_nvidia_smi, cuda_torch, monkeypa
     assert problem.reason.endswith('CUDA driver initialization failed')
 
 
+def test_cuda_that_does_not_start_on_older_torch(fake_nvidia_smi, monkeypatch):
+    """Older torch (2.1 among them) lists no architectures where CUDA cannot start: the build's
+    own list is read instead, and the problem is that CUDA does not start, not a missing
+    architecture."""
+    fake_nvidia_smi('H100')
+    monkeypatch.setattr(torch.version, 'cuda', '12.1')
+    monkeypatch.setattr(torch.cuda, 'get_arch_list', lambda: [])
+    monkeypatch.setattr(torch._C, '_cuda_getArchFlags', lambda: 'sm_80 sm_90', raising=False)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
+    assert gpu_check.torch_arch_list() == ['sm_80', 'sm_90']
+    (problem, ) = torch_gpu_problems()
+    assert problem.reason.startswith('torch cannot use the GPUs'), problem.reason
+    monkeypatch.setattr(torch.version, 'cuda', None)  # a CPU-only build lists none
+    assert gpu_check.torch_arch_list() == []
+
+
 def test_refusal_and_explicit_cpu(fake_nvidia_smi, monkeypatch):
     fake_nvidia_smi('H100')
     monkeypatch.setattr(torch.version, 'cuda', None)

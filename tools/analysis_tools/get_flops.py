@@ -10,7 +10,9 @@ numbers compare with the papers' and MMDetection's ``get_flops``), plus two hand
   ``batch·L·S·(E + Ev)`` multiply-adds for ``q·kᵀ`` and ``attn·v``, the same as the explicit path's
   two matmuls (:func:`crossformer_mm.models.layers.flops.sdpa_flop_jit`);
 * multi-scale deformable attention, the package's registered op ``crossformer_mm::ms_deform_attn``
-  (keyed on the op, so any model that calls it is counted, whatever its Python code): per
+  (keyed on the op, so any model that calls it is counted, whatever its Python code; on torch
+  < 2.4, which has no registered op, on ``MSDeformAttnFunction``, the autograd Function that runs
+  it there and that the trace records as ``prim::PythonOp.MSDeformAttnFunction``): per
   query, head channel, level and point, four bilinear-corner multiply-adds and one
   attention-weight multiply-add, ``5·B·Q·C·L·P`` — half of the op's FLOP formula
   (:func:`crossformer_mm.ops.ms_deform_attn_flops`, ``10·B·Q·C·L·P`` counting add and multiply
@@ -39,6 +41,10 @@ if ROOT not in sys.path:  # run from a source checkout without installing
     sys.path.insert(0, ROOT)
 
 from crossformer_mm.ops import MSDA_OP, ms_deform_attn_flops  # noqa: E402
+from crossformer_mm.ops.msda import MSDeformAttnFunction  # noqa: E402
+
+#: The node of the op in a trace on torch < 2.4 (an autograd Function, see the docstring).
+MSDA_FUNCTION_OP = f'prim::PythonOp.{MSDeformAttnFunction.__name__}'
 
 
 def _sizes(value: Any) -> List[int]:
@@ -56,7 +62,7 @@ def add_op_handles(analyzer: Any) -> Any:
     """Register the SDPA and MSDA handles on an mmengine ``FlopAnalyzer``."""
     from crossformer_mm.models.layers.flops import add_sdpa_handle
     add_sdpa_handle(analyzer)
-    return analyzer.set_op_handle(MSDA_OP, msda_flop_jit)
+    return analyzer.set_op_handle(MSDA_OP, msda_flop_jit, MSDA_FUNCTION_OP, msda_flop_jit)
 
 
 def _no_pretrained(node: Any) -> None:

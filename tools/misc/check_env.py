@@ -122,7 +122,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1 if problems else 0
 
     # --- software ---------------------------------------------------------------------------
-    cubins, ptx = gpu_check.parse_arch_list(torch.cuda.get_arch_list())
+    cubins, ptx = gpu_check.parse_arch_list(gpu_check.torch_arch_list())
     cuda = (f'CUDA {torch.version.cuda}, built for {gpu_check.sm_list(cubins)}'
             + (f' + PTX {gpu_check.sm_list(ptx)}' if ptx else '')
             if torch.version.cuda else 'CPU-only build')

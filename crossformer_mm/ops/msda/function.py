@@ -188,8 +188,9 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
     during ONNX export it records :func:`ms_deform_attn_grid_sample`.
 
     Raises:
-        RuntimeError: ``deterministic=True`` where no deterministic kernel serves the device, or
-            ``torch.compile`` / ``torch.export`` on a torch older than 2.4.
+        RuntimeError: ``deterministic=True`` where no deterministic kernel serves the device.
+        AssertionError: ``torch.compile`` / ``torch.export`` on a torch older than 2.4 (raised
+            while Dynamo traces the call).
     """
     if torch.onnx.is_in_onnx_export():
         check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index,
@@ -198,8 +199,11 @@ def ms_deform_attn(value: Tensor, spatial_shapes: SpatialShapes,
                                           sampling_locations, attention_weights)
     compiling = is_compiling()
     if compiling and not _USE_CUSTOM_OP:
-        raise RuntimeError('ms_deform_attn: torch.compile and torch.export of the op need torch '
-                           f'>= 2.4 (torch.library.custom_op); this is torch {torch.__version__}')
+        # torch._assert, not raise: Dynamo before torch 2.4 cannot trace building an exception
+        # (it would report that instead of this message); it raises this one while tracing.
+        torch._assert(False, 'ms_deform_attn: torch.compile and torch.export of the op need '
+                      'torch >= 2.4 (torch.library.custom_op); this is torch '
+                      f'{torch.__version__}')
     # The level layout held in tensors is checked inside the op, where a kernel reads it (no
     # sync here, and in compiled graphs too).
     check_ms_deform_attn_inputs(value, spatial_shapes, level_start_index, sampling_locations,
