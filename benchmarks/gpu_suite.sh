@@ -18,7 +18,8 @@
 #
 # Arguments go to benchmarks/gpu_suite.py. Knobs (environment):
 #   PYTHON               the interpreter (default python3)
-#   GPU_SUITE_WHEELS     the carried wheels (default <repo>/.whl)
+#   GPU_SUITE_WHEELS     the carried wheels (default <repo>/.whl; also its part-N/ folders)
+#   GPU_SUITE_INSTALL_ONLY  1: install the carried wheels, then stop (for each part but the last)
 #   GPU_SUITE_MODELS     0: the op suite only (default 1)
 #   GPU_MODELS_ARGS      extra arguments of benchmarks/gpu_models.py
 #   MMCV_BUILD           cuda (default: mmcv's CPU and CUDA ops for this GPU), cpu, or none
@@ -49,10 +50,14 @@ if [ "$MODELS" = 1 ] && ! "$PY" -c "import mmdet" >/dev/null 2>&1 && [ -d "$WHL"
   SITE=$WHL/site
   # The wheels of distributions the interpreter lacks (its own numpy, pillow ... are kept), and
   # setuptools < 82 in any case: mmcv's setup.py and mmengine's config loader need pkg_resources.
-  mapfile -t MISSING < <("$PY" - "$WHL" <<'PY'
+  # The wheels may come in parts (.whl/part-N/, one per transfer): those installed into $SITE by
+  # an earlier part count as present.
+  mapfile -t MISSING < <("$PY" - "$WHL" "$SITE" <<'PY'
 import glob, os, sys
+sys.path.append(sys.argv[2])
 from importlib import metadata
-for wheel in sorted(glob.glob(os.path.join(sys.argv[1], '*.whl'))):
+for wheel in sorted(glob.glob(os.path.join(sys.argv[1], '*.whl')) +
+                    glob.glob(os.path.join(sys.argv[1], 'part-*', '*.whl'))):
     name = os.path.basename(wheel).split('-')[0]
     try:
         metadata.version(name)
@@ -63,16 +68,19 @@ for wheel in sorted(glob.glob(os.path.join(sys.argv[1], '*.whl'))):
             print(wheel)
 PY
 )
-  if [ "${#MISSING[@]}" -gt 0 ] && [ ! -f "$SITE/.installed" ]; then
+  if [ "${#MISSING[@]}" -gt 0 ]; then
     log "installing ${#MISSING[@]} carried wheels into $SITE"
-    "$PY" -m pip install --disable-pip-version-check --no-index --no-deps -q --target "$SITE" \
-      "${MISSING[@]}"
-    touch "$SITE/.installed"
+    "$PY" -m pip install --disable-pip-version-check --no-index --no-deps -q --upgrade \
+      --target "$SITE" "${MISSING[@]}"
+  fi
+  if [ "${GPU_SUITE_INSTALL_ONLY:-0}" = 1 ]; then
+    log "installed this part's wheels (GPU_SUITE_INSTALL_ONLY=1); carry the next part"
+    exit 0
   fi
   export PYTHONPATH="$PYTHONPATH:$SITE" PATH="$SITE/bin:$PATH"
   # mmcv ships as an sdist: its Python code runs from the unpacked source, its ops are built
   # there (in place) for this GPU.
-  SDIST=$(ls "$WHL"/mmcv-*.tar.gz 2>/dev/null | head -n 1 || true)
+  SDIST=$(ls "$WHL"/mmcv-*.tar.gz "$WHL"/part-*/mmcv-*.tar.gz 2>/dev/null | head -n 1 || true)
   if [ -n "$SDIST" ]; then
     SRC=$WHL/build/$(basename "$SDIST" .tar.gz)
     if [ ! -d "$SRC" ]; then

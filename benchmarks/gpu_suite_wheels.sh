@@ -10,7 +10,9 @@
 #
 # Knobs: PYTHON (the pip that downloads; default <repo>/.venv/bin/python, else python3: it needs
 # torch and setuptools<82 to read mmcv's sdist), GPU_PY (the GPU machine's Python version),
-# GPU_SUITE_EXCLUDE (distributions the GPU machine already has, left out to keep the folder small).
+# GPU_SUITE_EXCLUDE (distributions the GPU machine already has, left out to keep the folder small),
+# GPU_SUITE_PART_MB (the largest part, default 56 MiB: the files are split into DEST/part-N/ so
+# that each part fits one transfer; gpu_suite.sh installs what the parts carried so far hold).
 # Versions: the OpenMMLab ones pinned in requirements/mminstall.txt, the others those of PYTHON's
 # environment (the set the tests run with), else the newest.
 set -euo pipefail
@@ -76,5 +78,30 @@ pip_download --only-binary=:all: --python-version "$GPU_PY" --implementation cp 
   --platform manylinux_2_28_x86_64 "${REQUIREMENTS[@]}"
 echo "[wheels] $MMCV as its sdist (its ops are compiled on the GPU machine)"
 pip_download --no-binary :all: --no-build-isolation "$MMCV"
-echo "[wheels] done: $(du -sh "$DEST" | cut -f1) in $DEST. On the GPU machine, from the repository root:"
-echo "    bash benchmarks/gpu_suite.sh"
+# Split into parts of at most GPU_SUITE_PART_MB MiB (first fit, largest first), so that each
+# part fits what one transfer to the GPU machine may carry; gpu_suite.sh reads them all.
+mapfile -t PARTS < <("$PYTHON" - "$DEST" "${GPU_SUITE_PART_MB:-56}" <<'PY'
+import glob, os, sys
+dest, budget = sys.argv[1], float(sys.argv[2]) * 2**20
+files = glob.glob(os.path.join(dest, '*.whl')) + glob.glob(os.path.join(dest, '*.tar.gz'))
+parts = []  # [bytes, [files]]
+for f in sorted(files, key=os.path.getsize, reverse=True):
+    size = os.path.getsize(f)
+    part = next((p for p in parts if p[0] + size <= budget), None)
+    if part is None:
+        part = [0, []]
+        parts.append(part)
+    part[0] += size
+    part[1].append(f)
+for i, (size, names) in enumerate(parts, 1):
+    folder = os.path.join(dest, f'part-{i}')
+    os.makedirs(folder, exist_ok=True)
+    for f in names:
+        os.replace(f, os.path.join(folder, os.path.basename(f)))
+    print(f'{folder} {size / 2**20:.0f} MiB, {len(names)} files')
+PY
+)
+echo "[wheels] done: $(du -sh "$DEST" | cut -f1) in $DEST, in ${#PARTS[@]} parts:"
+printf '    %s\n' "${PARTS[@]}"
+echo "On the GPU machine, from the repository root, one part per transfer: with each part but the"
+echo "last, GPU_SUITE_INSTALL_ONLY=1 bash benchmarks/gpu_suite.sh; with the last, bash benchmarks/gpu_suite.sh"
