@@ -14,8 +14,10 @@
 // points are located in one vectorised loop, a row ahead, and their value rows prefetched, so
 // the gathers of the channel loops find them in cache. Backward: parallel over B*NH; each task
 // owns the disjoint slice grad_value[b, :, h, :] (zeroed beforehand by one contiguous parallel
-// fill) and walks the queries in order, so no atomics are needed and the result is
-// bit-identical from run to run (and for any thread count).
+// fill) and walks the queries in order, locating each (query, head)'s points in the same
+// vectorised loop and asking for its per-query rows (which lie NH rows apart) a few queries
+// ahead, so no atomics are needed and the result is bit-identical from run to run (and for any
+// thread count).
 // Both hand their chunks out dynamically on torch's thread pool (see parallel_chunks).
 // Channel loops are contiguous and written for the compiler's vectoriser; the hot loops are
 // compiled for x86-64-v3 (AVX2+FMA) as well as the baseline ISA and picked at load time
@@ -49,59 +51,20 @@ namespace {
 #define MSDA_INLINE inline
 #endif
 
-// Bilinear footprint of one sampling point: up to four corners with their bilinear weights.
-template <typename acc_t>
-struct Corners {
-  int64_t idx[4];    // row index of each corner inside the level (y * W + x)
-  acc_t w[4];        // bilinear weight of each corner (0 for a corner outside the map)
-  bool valid[4];
-  acc_t fx, fy;      // fractional parts
-};
-
-// Returns false when the point lies wholly outside the map (no corner contributes).
-template <typename acc_t>
-MSDA_INLINE bool locate_point(acc_t lx, acc_t ly, int64_t H, int64_t W, Corners<acc_t>& c) {
-  const acc_t x = lx * static_cast<acc_t>(W) - acc_t(0.5);
-  const acc_t y = ly * static_cast<acc_t>(H) - acc_t(0.5);
-  // NaN fails every comparison and is treated as outside.
-  if (!(x > acc_t(-1) && y > acc_t(-1) && x < static_cast<acc_t>(W) &&
-        y < static_cast<acc_t>(H))) {
-    return false;
-  }
-  const acc_t xf = std::floor(x), yf = std::floor(y);
-  const int64_t x0 = static_cast<int64_t>(xf), y0 = static_cast<int64_t>(yf);
-  const acc_t fx = x - xf, fy = y - yf;
-  c.fx = fx;
-  c.fy = fy;
-  const bool vx0 = x0 >= 0, vx1 = x0 + 1 < W, vy0 = y0 >= 0, vy1 = y0 + 1 < H;
-  c.valid[0] = vy0 && vx0;
-  c.valid[1] = vy0 && vx1;
-  c.valid[2] = vy1 && vx0;
-  c.valid[3] = vy1 && vx1;
-  c.idx[0] = y0 * W + x0;
-  c.idx[1] = y0 * W + x0 + 1;
-  c.idx[2] = (y0 + 1) * W + x0;
-  c.idx[3] = (y0 + 1) * W + x0 + 1;
-  c.w[0] = (1 - fy) * (1 - fx);
-  c.w[1] = (1 - fy) * fx;
-  c.w[2] = fy * (1 - fx);
-  c.w[3] = fy * fx;
-  return true;
-}
-
-// Sampling footprints of a run of points, in structure-of-arrays form: for point k, the
-// top-left corner (x0[k], y0[k]) of its 2x2 bilinear footprint, the fractional position
+// Sampling footprints of a run of points, in structure-of-arrays form: for point k, the key
+// (row of the value's slice: level start + y0 * W + x0) of the top-left corner (x0, y0) of its
+// 2x2 bilinear footprint, the fractional position
 // (fx[k], fy[k]), which corners lie on the map (mask[k], bit j for corner j = 00, 01, 10, 11 in
 // (row, column) order; 0 when the point lies wholly outside or is NaN), and the four corner
 // weights times the attention weight (aw[4 * k + j]).
 template <typename acc_t>
 struct Taps {
-  std::vector<int32_t> x0, y0, mask;
+  std::vector<int64_t> key;
+  std::vector<int32_t> mask;
   std::vector<acc_t> fx, fy, aw;
 
   void resize(int64_t n) {
-    x0.resize(n);
-    y0.resize(n);
+    key.resize(n);
     mask.resize(n);
     fx.resize(n);
     fy.resize(n);
@@ -142,8 +105,9 @@ MSDA_INLINE void locate(const acc_t* __restrict loc, const acc_t* __restrict att
                    const LevelTable<acc_t>& lt, int64_t n, Taps<acc_t>& t) {
   const acc_t* __restrict Hf = lt.Hf.data();
   const acc_t* __restrict Wf = lt.Wf.data();
-  int32_t* __restrict x0p = t.x0.data();
-  int32_t* __restrict y0p = t.y0.data();
+  const int32_t* __restrict Wi = lt.Wi.data();
+  const int64_t* __restrict start = lt.start.data();
+  int64_t* __restrict keyp = t.key.data();
   int32_t* __restrict mp = t.mask.data();
   acc_t* __restrict fxp = t.fx.data();
   acc_t* __restrict fyp = t.fy.data();
@@ -164,8 +128,8 @@ MSDA_INLINE void locate(const acc_t* __restrict loc, const acc_t* __restrict att
     const acc_t fx = xs - xf, fy = ys - yf;
     const acc_t vx0 = xf >= acc_t(0) ? 1 : 0, vx1 = xf + 1 < Wf[k] ? 1 : 0;
     const acc_t vy0 = yf >= acc_t(0) ? 1 : 0, vy1 = yf + 1 < Hf[k] ? 1 : 0;
-    x0p[k] = static_cast<int32_t>(xf);
-    y0p[k] = static_cast<int32_t>(yf);
+    keyp[k] = start[k] + static_cast<int64_t>(static_cast<int32_t>(yf)) * Wi[k] +
+              static_cast<int32_t>(xf);
     mp[k] = static_cast<int32_t>(
         inside * (vy0 * (vx0 + 2 * vx1) + vy1 * (4 * vx0 + 8 * vx1)));
     fxp[k] = fx;
@@ -178,16 +142,17 @@ MSDA_INLINE void locate(const acc_t* __restrict loc, const acc_t* __restrict att
   }
 }
 
-// Offsets (in elements, from the level's first key) of the four corner rows of point k.
-MSDA_INLINE void corner_offsets(int32_t x0, int32_t y0, int64_t W, int64_t row, int64_t* off) {
-  off[0] = (static_cast<int64_t>(y0) * W + x0) * row;
+// Offsets (in elements, from the slice's first key) of the four corner rows of a footprint whose
+// top-left corner is key, in a level W keys wide, keys row elements apart.
+MSDA_INLINE void corner_offsets(int64_t key, int64_t W, int64_t row, int64_t* off) {
+  off[0] = key * row;
   off[1] = off[0] + row;
   off[2] = off[0] + W * row;
   off[3] = off[2] + row;
 }
 
 // Asks the cache for the rows the valid corners of the n points in t will read: bytes bytes at
-// base + start + corner offset (base: the (batch, head) slice of value or grad_value).
+// base + corner offset (base: the (batch, head) slice of value).
 template <typename T, typename acc_t>
 MSDA_INLINE void prefetch_taps(const T* base, const Taps<acc_t>& t, const LevelTable<acc_t>& lt,
                           int64_t k0, int64_t n, int64_t row, int64_t bytes) {
@@ -195,8 +160,8 @@ MSDA_INLINE void prefetch_taps(const T* base, const Taps<acc_t>& t, const LevelT
     const int32_t m = t.mask[k];
     if (!m) continue;
     int64_t off[4];
-    corner_offsets(t.x0[k], t.y0[k], lt.Wi[k], row, off);
-    const char* p = reinterpret_cast<const char*>(base + lt.start[k] * row);
+    corner_offsets(t.key[k], lt.Wi[k], row, off);
+    const char* p = reinterpret_cast<const char*>(base);
     for (int j = 0; j < 4; ++j) {
       if (!(m >> j & 1)) continue;
       const char* c = p + off[j] * static_cast<int64_t>(sizeof(T));
@@ -204,6 +169,16 @@ MSDA_INLINE void prefetch_taps(const T* base, const Taps<acc_t>& t, const LevelT
     }
   }
 }
+
+// Asks the cache for bytes bytes from p, to read (RW = 0) or write (RW = 1).
+template <int RW = 0>
+MSDA_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, RW);
+}
+
+// How many queries ahead the backward asks for its per-query rows.
+constexpr int64_t kStreamAhead = 4;
 
 // acc[c] += a0*v0[c] + a1*v1[c] + a2*v2[c] + a3*v3[c]
 template <int DC, typename scalar_t, typename acc_t>
@@ -340,7 +315,7 @@ MSDA_INLINE void forward_prepare(const Args<scalar_t, acc_t>& a, const LevelTabl
 // summed, so the gathers find their rows in cache.
 template <int DC, typename scalar_t, typename acc_t>
 MSDA_CLONES void forward_range(const Args<scalar_t, acc_t>& a, const LevelTable<acc_t>& lt,
-                               int64_t begin, int64_t end, Taps<acc_t>* taps, acc_t* acc) {
+                               int64_t begin, int64_t end, Taps<acc_t>* taps, acc_t* acc_buf) {
   const Dims& d = a.d;
   const int64_t row = d.NH * d.D;  // stride between consecutive keys in value
   const int64_t LP = d.L * d.P;
@@ -350,21 +325,23 @@ MSDA_CLONES void forward_range(const Args<scalar_t, acc_t>& a, const LevelTable<
     if (bq + 1 < end) forward_prepare(a, lt, bq + 1, taps[(bq + 1 - begin) & 1]);
     const int64_t b = bq / d.Q;
     for (int64_t h = 0; h < d.NH; ++h) {
+      // A local accumulator for the unrolled widths, which the compiler keeps in registers.
+      acc_t local[DC > 0 ? DC : 1];
+      acc_t* __restrict acc = DC > 0 ? local : acc_buf;
       for (int64_t ch = 0; ch < d.D; ++ch) acc[ch] = 0;
       const scalar_t* vh = a.value + b * d.S * row + h * d.D;
       for (int64_t k = h * LP; k < (h + 1) * LP; ++k) {
         const int32_t m = t.mask[k];
         if (!m) continue;
         int64_t off[4];
-        corner_offsets(t.x0[k], t.y0[k], lt.Wi[k], row, off);
-        const scalar_t* v = vh + lt.start[k] * row;
+        corner_offsets(t.key[k], lt.Wi[k], row, off);
         const acc_t* w = &t.aw[4 * k];
         if (m == 15) {
-          axpy4<DC>(acc, v + off[0], v + off[1], v + off[2], v + off[3], w[0], w[1], w[2], w[3],
-                    d.D);
+          axpy4<DC>(acc, vh + off[0], vh + off[1], vh + off[2], vh + off[3], w[0], w[1], w[2],
+                    w[3], d.D);
         } else {
           for (int j = 0; j < 4; ++j) {
-            if (m >> j & 1) axpy1<DC>(acc, v + off[j], w[j], d.D);
+            if (m >> j & 1) axpy1<DC>(acc, vh + off[j], w[j], d.D);
           }
         }
       }
@@ -374,58 +351,66 @@ MSDA_CLONES void forward_range(const Args<scalar_t, acc_t>& a, const LevelTable<
   }
 }
 
-// (batch, head) slices bh in [begin, end): all queries of each, in order.
+// (batch, head) slices bh in [begin, end): all queries of each, in order, accumulating into
+// grad_value (zeroed by the caller). t: footprints of one (query, head)'s L * P points; ones:
+// L * P ones, so that t.aw holds the bare corner weights.
 template <int DC, typename scalar_t, typename acc_t>
-MSDA_CLONES void backward_range(const Args<scalar_t, acc_t>& a, int64_t begin, int64_t end,
-                                acc_t* g) {
+MSDA_CLONES void backward_range(const Args<scalar_t, acc_t>& a, const LevelTable<acc_t>& lt,
+                                int64_t begin, int64_t end, Taps<acc_t>& t,
+                                const acc_t* ones, acc_t* g) {
   const Dims& d = a.d;
   const int64_t row = d.NH * d.D;
   const int64_t LP = d.L * d.P;
   for (int64_t bh = begin; bh < end; ++bh) {
     const int64_t b = bh / d.NH, h = bh % d.NH;
+    const scalar_t* vh = a.value + b * d.S * row + h * d.D;
+    acc_t* gvh = a.grad_value + b * d.S * row + h * d.D;
     for (int64_t q = 0; q < d.Q; ++q) {
       const int64_t bqh = (b * d.Q + q) * d.NH + h;
+      // The per-query rows of this head lie NH rows apart in loc, attn, grad_out, grad_loc and
+      // grad_attn: asked for a few queries ahead.
+      if (q + kStreamAhead < d.Q) {
+        const int64_t ahead = bqh + kStreamAhead * d.NH;
+        prefetch_bytes(a.loc + ahead * LP * 2, LP * 2 * sizeof(acc_t));
+        prefetch_bytes(a.attn + ahead * LP, LP * sizeof(acc_t));
+        prefetch_bytes(a.grad_out + ahead * d.D, d.D * sizeof(scalar_t));
+        prefetch_bytes<1>(a.grad_loc + ahead * LP * 2, LP * 2 * sizeof(acc_t));
+        prefetch_bytes<1>(a.grad_attn + ahead * LP, LP * sizeof(acc_t));
+      }
       const scalar_t* go = a.grad_out + bqh * d.D;
       for (int64_t ch = 0; ch < d.D; ++ch) g[ch] = static_cast<acc_t>(go[ch]);
-      const acc_t* lp = a.loc + bqh * LP * 2;
       const acc_t* ap = a.attn + bqh * LP;
       acc_t* glp = a.grad_loc + bqh * LP * 2;
       acc_t* gap = a.grad_attn + bqh * LP;
-      for (int64_t l = 0; l < d.L; ++l) {
-        const int64_t H = a.shapes[2 * l], W = a.shapes[2 * l + 1];
-        const int64_t off = (b * d.S + a.starts[l]) * row + h * d.D;
-        const scalar_t* vbase = a.value + off;
-        acc_t* gvbase = a.grad_value + off;
-        for (int64_t p = 0; p < d.P; ++p) {
-          const int64_t k = l * d.P + p;
-          Corners<acc_t> c;
-          if (!locate_point(lp[2 * k], lp[2 * k + 1], H, W, c)) {
-            gap[k] = 0;
-            glp[2 * k] = 0;
-            glp[2 * k + 1] = 0;
-            continue;
-          }
-          const acc_t w = ap[k];
-          acc_t dots[4] = {0, 0, 0, 0};
-          if (c.valid[0] && c.valid[1] && c.valid[2] && c.valid[3]) {
-            backward4<DC>(g, vbase + c.idx[0] * row, vbase + c.idx[1] * row, vbase + c.idx[2] * row,
-                      vbase + c.idx[3] * row, gvbase + c.idx[0] * row, gvbase + c.idx[1] * row,
-                      gvbase + c.idx[2] * row, gvbase + c.idx[3] * row, w * c.w[0], w * c.w[1],
-                      w * c.w[2], w * c.w[3], d.D, dots);
-          } else {
-            for (int j = 0; j < 4; ++j) {
-              if (c.valid[j]) {
-                dots[j] = backward1<DC>(g, vbase + c.idx[j] * row, gvbase + c.idx[j] * row,
-                                    w * c.w[j], d.D);
-              }
-            }
-          }
-          gap[k] = c.w[0] * dots[0] + c.w[1] * dots[1] + c.w[2] * dots[2] + c.w[3] * dots[3];
-          const acc_t gx = (1 - c.fy) * (dots[1] - dots[0]) + c.fy * (dots[3] - dots[2]);
-          const acc_t gy = (1 - c.fx) * (dots[2] - dots[0]) + c.fx * (dots[3] - dots[1]);
-          glp[2 * k] = w * gx * static_cast<acc_t>(W);
-          glp[2 * k + 1] = w * gy * static_cast<acc_t>(H);
+      locate(a.loc + bqh * LP * 2, ones, lt, LP, t);
+      for (int64_t k = 0; k < LP; ++k) {
+        const int32_t m = t.mask[k];
+        if (!m) {
+          gap[k] = 0;
+          glp[2 * k] = 0;
+          glp[2 * k + 1] = 0;
+          continue;
         }
+        int64_t off[4];
+        corner_offsets(t.key[k], lt.Wi[k], row, off);
+        const acc_t* cw = &t.aw[4 * k];  // corner weights (ones as the attention weights)
+        const acc_t w = ap[k];
+        acc_t dots[4] = {0, 0, 0, 0};
+        if (m == 15) {
+          backward4<DC>(g, vh + off[0], vh + off[1], vh + off[2], vh + off[3], gvh + off[0],
+                        gvh + off[1], gvh + off[2], gvh + off[3], w * cw[0], w * cw[1],
+                        w * cw[2], w * cw[3], d.D, dots);
+        } else {
+          for (int j = 0; j < 4; ++j) {
+            if (m >> j & 1) dots[j] = backward1<DC>(g, vh + off[j], gvh + off[j], w * cw[j], d.D);
+          }
+        }
+        const acc_t fx = t.fx[k], fy = t.fy[k];
+        gap[k] = cw[0] * dots[0] + cw[1] * dots[1] + cw[2] * dots[2] + cw[3] * dots[3];
+        const acc_t gx = (1 - fy) * (dots[1] - dots[0]) + fy * (dots[3] - dots[2]);
+        const acc_t gy = (1 - fx) * (dots[2] - dots[0]) + fx * (dots[3] - dots[1]);
+        glp[2 * k] = w * gx * lt.Wf[k];
+        glp[2 * k + 1] = w * gy * lt.Hf[k];
       }
     }
   }
@@ -468,13 +453,18 @@ void backward_impl(const at::Tensor& value, const at::Tensor& shapes, const at::
   a.grad_loc = grad_loc.data_ptr<acc_t>();
   a.grad_attn = grad_attn.data_ptr<acc_t>();
   // One task per (batch, head): tasks write disjoint slices of grad_value, grad_loc, grad_attn.
-  parallel_chunks(a.d.B * a.d.NH, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<acc_t> g;
-    g.resize(a.d.D);
-    switch (a.d.D) {
-      case 32: backward_range<32>(a, begin, end, g.data()); break;
-      case 64: backward_range<64>(a, begin, end, g.data()); break;
-      default: backward_range<0>(a, begin, end, g.data());
+  const Dims& d = a.d;
+  const LevelTable<acc_t> lt(a.shapes, a.starts, 1, d.L, d.P);
+  parallel_chunks(d.B * d.NH, 1, [&](int64_t begin, int64_t end) {
+    thread_local Taps<acc_t> t;
+    thread_local std::vector<acc_t> g, ones;
+    t.resize(d.L * d.P);
+    ones.assign(d.L * d.P, acc_t(1));
+    g.resize(d.D);
+    switch (d.D) {
+      case 32: backward_range<32>(a, lt, begin, end, t, ones.data(), g.data()); break;
+      case 64: backward_range<64>(a, lt, begin, end, t, ones.data(), g.data()); break;
+      default: backward_range<0>(a, lt, begin, end, t, ones.data(), g.data());
     }
   });
 }
