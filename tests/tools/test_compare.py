@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 from mmengine.config import Config
-
-from crossformer_mm.datasets.demo_data import make_demo_data
+from tiny_data import tiny_demo_coco
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / 'tools' / 'analysis_tools'))
@@ -73,15 +72,7 @@ def matrix(tmp_path_factory):
     images at 128x128, batch 2, 2 epochs = 8 iterations) on a tiny copy of the demo data; the
     CrossFormer one carries the test's kill switch."""
     root = tmp_path_factory.mktemp('compare')
-    make_demo_data(str(root / 'data'), num_train=8, num_val=4, size=128, seed=0, which=('coco', ))
-    data_root = f'{root}/data/demo_coco/'
-    common = (
-        f"data_root = '{data_root}'\n"
-        "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
-        "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
-        "test_dataloader = val_dataloader\n"
-        "val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')\n"
-        "test_evaluator = val_evaluator\n")
+    common = tiny_demo_coco(root)
     (root / 'tiny-cf.py').write_text(
         f"_base_ = '{DET_CONFIG}'\n"
         "custom_imports = dict(imports=['crossformer_mm', 'kill_switch'],\n"

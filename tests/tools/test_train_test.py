@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_data import tiny_demo_coco
 
 from crossformer_mm.compat.checkpoint import TMP_PREFIX, find_resume_checkpoint
-from crossformer_mm.datasets.demo_data import make_demo_data
 
 ROOT = Path(__file__).resolve().parents[2]
 DEMO_CONFIG = ROOT / 'configs' / 'demo' / 'retinanet_crossformer-demo_fpn_24e_demo-coco.py'
@@ -31,17 +31,12 @@ def run(args, timeout=600, **kwargs) -> subprocess.CompletedProcess:
 @pytest.fixture(scope='module')
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp('e2e')
-    make_demo_data(str(root / 'data'), num_train=8, num_val=4, size=128, seed=0, which=('coco', ))
-    data_root = f'{root}/data/demo_coco/'
     loader = "num_workers=0, persistent_workers=False, dataset=dict(data_root=data_root)"
     (root / 'tiny.py').write_text(
-        f"_base_ = '{DEMO_CONFIG}'\n"
-        f"data_root = '{data_root}'\n"
+        f"_base_ = '{DEMO_CONFIG}'\n" + tiny_demo_coco(root) +
         f"train_dataloader = dict(batch_size=2, {loader})\n"
         f"val_dataloader = dict(batch_size=2, {loader})\n"
         "test_dataloader = val_dataloader\n"
-        "val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')\n"
-        "test_evaluator = val_evaluator\n"
         "train_cfg = dict(max_epochs=2, val_interval=2)\n"
         # Two epochs leave every score below the default 0.05: keep the top boxes regardless.
         "model = dict(test_cfg=dict(score_thr=0.0))\n"
@@ -262,19 +257,11 @@ def det(tmp_path_factory):
     """The deterministic demo config on a tiny copy of the data (4 epochs of 4 iterations,
     validation after epochs 2 and 4), with the test's kill switch."""
     root = tmp_path_factory.mktemp('resume')
-    make_demo_data(str(root / 'data'), num_train=8, num_val=4, size=128, seed=0, which=('coco', ))
-    data_root = f'{root}/data/demo_coco/'
     (root / 'det.py').write_text(
         f"_base_ = '{RESUME_CONFIG}'\n"
         "custom_imports = dict(imports=['crossformer_mm', 'kill_switch'],\n"
         "                      allow_failed_imports=False)\n"
-        "custom_hooks = [dict(type='KillSwitchHook')]\n"
-        f"data_root = '{data_root}'\n"
-        "train_dataloader = dict(dataset=dict(data_root=data_root))\n"
-        "val_dataloader = dict(dataset=dict(data_root=data_root))\n"
-        "test_dataloader = val_dataloader\n"
-        "val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')\n"
-        "test_evaluator = val_evaluator\n")
+        "custom_hooks = [dict(type='KillSwitchHook')]\n" + tiny_demo_coco(root))
     return root
 
 
