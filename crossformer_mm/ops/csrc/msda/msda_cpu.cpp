@@ -151,6 +151,13 @@ MSDA_INLINE void corner_offsets(int64_t key, int64_t W, int64_t row, int64_t* of
   off[3] = off[2] + row;
 }
 
+// Asks the cache for bytes bytes from p, to read (RW = 0) or write (RW = 1).
+template <int RW = 0>
+MSDA_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
+  const char* c = static_cast<const char*>(p);
+  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, RW);
+}
+
 // Asks the cache for the rows the valid corners of the n points in t will read: bytes bytes at
 // base + corner offset (base: the (batch, head) slice of value).
 template <typename T, typename acc_t>
@@ -161,20 +168,10 @@ MSDA_INLINE void prefetch_taps(const T* base, const Taps<acc_t>& t, const LevelT
     if (!m) continue;
     int64_t off[4];
     corner_offsets(t.key[k], lt.Wi[k], row, off);
-    const char* p = reinterpret_cast<const char*>(base);
     for (int j = 0; j < 4; ++j) {
-      if (!(m >> j & 1)) continue;
-      const char* c = p + off[j] * static_cast<int64_t>(sizeof(T));
-      for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b);
+      if (m >> j & 1) prefetch_bytes(base + off[j], bytes);
     }
   }
-}
-
-// Asks the cache for bytes bytes from p, to read (RW = 0) or write (RW = 1).
-template <int RW = 0>
-MSDA_INLINE void prefetch_bytes(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(c + b, RW);
 }
 
 // How many queries ahead the backward asks for its per-query rows.
