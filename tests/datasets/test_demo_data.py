@@ -6,6 +6,7 @@ import os
 import os.path as osp
 from collections import defaultdict
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
@@ -183,6 +184,28 @@ def test_shapes_and_polygons():
         assert mask_to_polygons(mask)
     with pytest.raises(ValueError, match='unknown shape'):
         shape_mask('hexagon', 64, 32, 32, 20, 0.0, 64)
+
+
+def _polygons_whole_image(mask, upsample=4):
+    """The contours traced on the whole upsampled image: what ``mask_to_polygons`` returns."""
+    fine = np.kron(mask.astype(np.uint8), np.ones((upsample, upsample), np.uint8))
+    contours, _ = cv2.findContours(fine, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [[round(float(v), 3) for v in ((c.reshape(-1, 2) + 0.5) / upsample).reshape(-1)]
+            for c in contours if len(c) >= 3]
+
+
+@pytest.mark.parametrize('kind, cx, cy, radius', [
+    ('star', 32, 32, 20), ('cross', 5, 40, 9), ('square', 60, 3, 8), ('triangle', 0, 63, 12),
+    ('circle', 63, 63, 30)])
+def test_polygons_match_tracing_the_whole_image(kind, cx, cy, radius):
+    """Tracing the shape's box (shapes in the middle and cut by every edge and corner) gives the
+    same polygons, point for point, as tracing the whole image; two shapes give two polygons."""
+    mask = shape_mask(kind, 64, cx, cy, radius, 0.7, 64)
+    assert mask_to_polygons(mask) == _polygons_whole_image(mask)
+    two = mask | shape_mask('circle', 64, 10, 10, 4, 0.0, 64)
+    assert len(mask_to_polygons(two)) == 2
+    assert mask_to_polygons(two) == _polygons_whole_image(two)
+    assert mask_to_polygons(np.zeros((8, 8), np.uint8)) == []
 
 
 @pytest.mark.parametrize('kwargs, match', [
