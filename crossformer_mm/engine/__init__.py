@@ -1,8 +1,10 @@
-"""Runner hooks: :class:`CFDetVisualizationHook` (prediction pictures with one box per object),
-registered in mmdet's ``HOOKS`` when MMDetection is installed."""
+"""Training pieces for the Runner: :func:`~.optimizers.fused_adamw` (``FusedAdamW`` in mmengine's
+``OPTIMIZERS``) and, when MMDetection is installed, the hook :class:`CFDetVisualizationHook`
+(prediction pictures with one box per object) in mmdet's ``HOOKS``."""
 from ..registry import INSTALLED
+from .optimizers import fused_adamw
 
-__all__ = []
+__all__ = ['fused_adamw']
 if INSTALLED['mmdet']:
     from .visualization_hook import CFDetVisualizationHook  # noqa: F401
     __all__ += ['CFDetVisualizationHook']
