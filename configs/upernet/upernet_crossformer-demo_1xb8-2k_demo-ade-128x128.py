@@ -35,7 +35,8 @@ param_scheduler = [
 optim_wrapper = dict(
     _delete_=True,
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
+    # torch's AdamW with its fused kernel where this torch has one (crossformer_mm.engine)
+    optimizer=dict(type='FusedAdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.05),
     paramwise_cfg=dict(norm_decay_mult=0.0, bias_decay_mult=0.0),
     clip_grad=dict(max_norm=10.0, norm_type=2))
 default_hooks = dict(
