@@ -159,13 +159,14 @@ def mask_to_polygons(mask: np.ndarray, upsample: int = 4) -> List[List[float]]:
     (pixel ``i`` spans ``[i, i + 1)``); rasterising the polygons gives back the mask's pixels, even
     for objects only a few pixels wide.
     """
-    ys, xs = np.nonzero(mask)
-    if not len(ys):
+    mask = mask.astype(np.uint8)
+    x, y, w, h = cv2.boundingRect(mask)
+    if not w:
         return []
     # Traced on the mask's box with a 1-pixel margin (clipped at the image edge): the same
     # contours in the same order as on the whole image, at a small part of the cost.
-    y0, x0 = max(int(ys.min()) - 1, 0), max(int(xs.min()) - 1, 0)
-    crop = mask[y0:int(ys.max()) + 2, x0:int(xs.max()) + 2].astype(np.uint8)
+    y0, x0 = max(y - 1, 0), max(x - 1, 0)
+    crop = mask[y0:y + h + 1, x0:x + w + 1]
     fine = crop.repeat(upsample, 0).repeat(upsample, 1)
     contours, _ = cv2.findContours(fine, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     polys = []
